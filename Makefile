@@ -1,0 +1,37 @@
+# The two set-up commands (README): `make demo` runs the main job on the embedded default,
+# `make test` runs the test suite. Each creates .venv and installs what it needs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow data venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned to the wheels this machine kind keeps on local disk (see assets.md)
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/python -m pip install -q torch torchvision
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST ships as a Debian package; install it when we can, else the code falls back with a message.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
+	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST (falling back to scikit-learn digits)"; fi
+
+demo: $(STAMP) data
+	$(BIN)/sqs-pyro
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test-slow: $(STAMP) data
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

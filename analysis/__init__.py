@@ -1,0 +1,1 @@
+"""Posterior analysis: ArviZ conversion, plots, VI diagnostics, the consistency simulation, reports."""

@@ -1,0 +1,247 @@
+r"""
+A fitted SQS posterior as an ArviZ :class:`~xarray.DataTree`.
+
+:func:`to_datatree` draws whole networks exactly from the
+:class:`~sqs_pyro.guides.SQSGuide` (see
+:mod:`sqs_pyro.analysis.posterior_draws`) and stores, with
+``sample_dims=["sample"]`` (ArviZ's convention for variational draws, which
+have no chains):
+
+``posterior`` (one value per draw)
+    ``theta`` (sample, weight): a random subset of the compressed weights
+    (``weights_per_layer`` per layer; label ``"layer[i,j,...]"``, coordinate
+    ``weight_layer``); ``sparsity`` (sample, layer): fraction of exact zeros
+    in the drawn layer; ``bits`` (sample, layer): the paper's bits per weight
+    ``log2(K) x nonzero fraction`` (its compression rate is ``32 / bits``);
+    ``entropy_bits`` (sample, layer): the empirical entropy of the draw's mask
+    and codes per weight, what an ideal entropy coder would need;
+    ``component_usage`` (sample, layer, component): share of the nonzero
+    weights drawn from each component.
+``log_prior``
+    ``theta`` (sample, weight): the spike-and-slab log prior of each drawn
+    subset weight, on the mixed measure (``log(1 - lambda_0)`` at an exact 0).
+    This is a *subset*: to power-scale the whole prior use
+    :func:`sqs_pyro.analysis.diagnostics.prior_sensitivity`.
+``log_likelihood`` and ``observed_data`` (when ``data=(x, y)`` is given)
+    ``obs`` (sample, obs_id): ``log p(y_j | x_j, theta_s)`` at each drawn network.
+``sample_stats``
+    ``log_prior`` and ``log_q``: the log prior and log posterior density of
+    the whole drawn network (all compressed weights, mixed measure; sites
+    without a spike left out), and ``log_likelihood`` (sum over the batch).
+``variational`` (no sample dimension: the fitted ``q`` itself)
+    ``gate_mean``, ``expected_sparsity`` (``1 - mean gamma``),
+    ``mask_sparsity``, ``export_sparsity`` (pruned by the export rule:
+    masked or ``gamma < 0.5``), ``export_bits`` (``log2 K`` x kept fraction
+    of the export), ``gate_quantile`` (layer, quantile), ``codebook_mean``,
+    ``codebook_scale``, ``mixture_weight`` (layer, window, component; NaN
+    where a layer has fewer windows or components), ``expected_usage``
+    (layer, component), ``num_components``, ``num_windows``, ``num_weights``.
+
+Only arviz-base's :func:`~arviz_base.from_dict` and
+:func:`~arviz_base.dict_to_dataset` are used, which the 0.x and 1.x lines share.
+
+Example::
+
+    >>> import torch
+    >>> from sqs_pyro.models import SQSModel, Categorical
+    >>> from sqs_pyro.guides import SQSGuide
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> model = SQSModel(net, {"_default": {"num_components": 4}}, Categorical(), num_data=10)
+    >>> guide = SQSGuide(model)
+    >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    >>> dt = to_datatree(model, guide, num_draws=20, weights_per_layer=3, data=(x, y))
+    >>> dict(dt["posterior"].sizes)
+    {'sample': 20, 'weight': 6, 'layer': 2, 'component': 4}
+    >>> dt["log_likelihood"]["obs"].shape
+    (20, 5)
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_log_likelihood
+
+__all__ = ["DEFAULT_QUANTILES", "layer_summary", "to_datatree"]
+
+#: Gate-probability quantiles stored in the ``variational`` group.
+DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _padded(rows, width, fill=np.nan):
+    out = np.full((len(rows), width), fill, dtype=float)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@torch.no_grad()
+def layer_summary(model, guide, quantiles=DEFAULT_QUANTILES, tau=None):
+    """
+    Deterministic per-layer summaries of the fitted ``q`` (the ``variational``
+    group of :func:`to_datatree`), as ``(data, coords, dims)`` for
+    :func:`arviz_base.dict_to_dataset`.
+    """
+    names = list(model.sites)
+    max_g = max(guide.params_of(n).locs.shape[0] for n in names)
+    max_k = max(guide.params_of(n).locs.shape[1] for n in names)
+    rows = {k: [] for k in ("gate_mean", "expected_sparsity", "mask_sparsity", "export_sparsity", "export_bits",
+                            "num_components", "num_windows", "num_weights")}
+    gate_q, locs, scales, weights, usage = [], [], [], [], []
+    for name in names:
+        p = guide.params_of(name)
+        gate = p.gate_probs().detach().double().reshape(-1)
+        g, k = p.locs.shape
+        keep = p.mask & (p.gate_probs() >= 0.5)
+        kept = float(keep.double().mean())
+        rows["gate_mean"].append(float(gate.mean()))
+        rows["expected_sparsity"].append(1.0 - float(gate.mean()))
+        rows["mask_sparsity"].append(1.0 - float(p.mask.double().mean()))
+        rows["export_sparsity"].append(1.0 - kept)
+        rows["export_bits"].append(math.log2(k) * kept)
+        rows["num_components"].append(k)
+        rows["num_windows"].append(g)
+        rows["num_weights"].append(gate.numel())
+        gate_q.append(torch.quantile(gate, torch.tensor(quantiles, dtype=gate.dtype)).numpy()
+                      if gate.numel() <= 16_000_000 else np.quantile(gate.numpy(), quantiles))
+        locs.append(_padded(p.locs.detach().double().cpu().numpy(), max_k))
+        scales.append(_padded(p.scales.detach().double().cpu().numpy(), max_k))
+        weights.append(_padded(torch.softmax(p.logits.detach().double(), -1).cpu().numpy(), max_k))
+        phi = p.component_probs(model.sites[name].anchor.detach(), tau).double().reshape(-1, k)
+        mass = (gate.unsqueeze(-1) * phi).sum(0)
+        usage.append(mass / mass.sum().clamp(min=1e-300))
+    pad_g = lambda a: np.concatenate([a, np.full((max_g - a.shape[0], max_k), np.nan)])  # noqa: E731
+    counts = ("num_components", "num_windows", "num_weights")
+    data = {key: np.asarray(v, dtype=int if key in counts else float) for key, v in rows.items()}
+    data["gate_quantile"] = np.stack(gate_q)
+    data["codebook_mean"] = np.stack([pad_g(a) for a in locs])
+    data["codebook_scale"] = np.stack([pad_g(a) for a in scales])
+    data["mixture_weight"] = np.stack([pad_g(a) for a in weights])
+    data["expected_usage"] = _padded([u.cpu().numpy() for u in usage], max_k)
+    dims = {key: ["layer"] for key in rows}
+    dims.update(gate_quantile=["layer", "quantile"], expected_usage=["layer", "component"],
+                **{v: ["layer", "window", "component"] for v in ("codebook_mean", "codebook_scale", "mixture_weight")})
+    coords = {"layer": names, "quantile": list(quantiles), "window": np.arange(max_g), "component": np.arange(max_k)}
+    return data, coords, dims
+
+
+def _subset(model, weights_per_layer, generator):
+    """``name -> flat indices`` of the weights kept in ``theta`` (sorted), and their labels."""
+    index, labels, layers = {}, [], []
+    for name, site in model.sites.items():
+        n = site.anchor.numel()
+        m = min(int(weights_per_layer), n)
+        idx = torch.randperm(n, generator=generator)[:m].sort().values
+        index[name] = idx
+        for i in idx.tolist():
+            pos = np.unravel_index(i, tuple(site.anchor.shape))
+            labels.append(f"{name}[{','.join(str(int(j)) for j in pos)}]")
+            layers.append(name)
+    return index, labels, layers
+
+
+def _entropy_bits(codes, numel):
+    """Empirical entropy (bits per weight) of a draw's mask and nonzero codes."""
+    nnz = codes.numel()
+    bits = 0.0
+    for count, total in ((nnz, numel), (numel - nnz, numel)):
+        if 0 < count < total:
+            bits -= count * math.log2(count / total)
+    if nnz:
+        counts = torch.bincount(codes).double()
+        counts = counts[counts > 0]
+        bits -= float((counts * torch.log2(counts / nnz)).sum())
+    return bits / numel
+
+
+@torch.no_grad()
+def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, seed=0, tau=None,
+                quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None):
+    """
+    Convert a fitted model and guide to an ArviZ DataTree (groups listed in
+    the module docstring).
+
+    :param model: an :class:`~sqs_pyro.models.SQSModel`.
+    :param guide: its fitted :class:`~sqs_pyro.guides.SQSGuide`.
+    :param int num_draws: networks drawn from the posterior.
+    :param int weights_per_layer: weights per layer kept in ``posterior/theta``
+        (a random subset, the same positions in every draw).
+    :param tuple data: optional ``(x, y)`` batch for the ``log_likelihood``
+        group (evaluated in chunks of ``batch_size``).
+    :param int seed: seeds the subset and the draws.
+    :param float tau: temperature of ``phi`` (the guide's own ``tau`` if None).
+    :rtype: xarray.DataTree
+    """
+    from arviz_base import dict_to_dataset, from_dict
+
+    names = list(model.sites)
+    if not names:
+        raise ValueError("the model has no compressed sites")
+    gen = torch.Generator().manual_seed(int(seed))
+    index, labels, weight_layer = _subset(model, weights_per_layer, gen)
+    states = layer_states(model, guide, tau)
+    max_k = max(st.num_components for st in states.values())
+    theta, lp_theta, sparsity, bits, ent, usage = [], [], [], [], [], []
+    lp_tot, lq_tot, ll, ll_tot = [], [], [], []
+    for draw in iter_draws(model, guide, num_draws, seed=seed, tau=tau, states=states):
+        log_q, log_p = log_densities(model, guide, draw.weights, tau)
+        theta.append(torch.cat([draw.weights[n].reshape(-1)[index[n].to(draw.weights[n].device)].cpu() for n in names]))
+        lp_theta.append(torch.cat([
+            (log_p[n] if n in log_p else model.prior(n).base_dist.log_prob(draw.weights[n])).reshape(-1)[
+                index[n].to(draw.weights[n].device)].cpu() for n in names]))
+        lp_tot.append(sum(float(v.double().sum()) for v in log_p.values()))
+        lq_tot.append(sum(float(v.double().sum()) for v in log_q.values()))
+        s_row, b_row, e_row, u_row = [], [], [], []
+        for n in names:
+            st, comp = states[n], draw.components[n].reshape(-1)
+            numel = comp.numel()
+            nonzero = comp >= 0
+            nnz = int(nonzero.sum())
+            s_row.append(1.0 - nnz / numel)
+            b_row.append(math.log2(st.num_components) * nnz / numel)
+            e_row.append(_entropy_bits(draw.codes[n].reshape(-1)[nonzero].cpu(), numel))
+            counts = torch.bincount(comp[nonzero].cpu(), minlength=st.num_components).double()
+            u_row.append((counts / nnz).numpy() if nnz else np.full(st.num_components, np.nan))
+        sparsity.append(s_row)
+        bits.append(b_row)
+        ent.append(e_row)
+        usage.append(_padded(u_row, max_k))
+        if data is not None:
+            x, y = data
+            chunks = [pointwise_log_likelihood(model, draw.weights, x[i : i + batch_size], y[i : i + batch_size])
+                      for i in range(0, len(y), batch_size)]
+            row = torch.cat(chunks).double().cpu()
+            ll.append(row.numpy())
+            ll_tot.append(float(row.sum()))
+
+    groups = {
+        "posterior": {
+            "theta": torch.stack(theta).double().numpy(),
+            "sparsity": np.asarray(sparsity),
+            "bits": np.asarray(bits),
+            "entropy_bits": np.asarray(ent),
+            "component_usage": np.stack(usage),
+        },
+        "log_prior": {"theta": torch.stack(lp_theta).double().numpy()},
+        "sample_stats": {"log_prior": np.asarray(lp_tot), "log_q": np.asarray(lq_tot)},
+    }
+    dims = {"theta": ["weight"], "sparsity": ["layer"], "bits": ["layer"], "entropy_bits": ["layer"],
+            "component_usage": ["layer", "component"], "obs": ["obs_id"]}
+    coords = {"weight": labels, "layer": names, "component": np.arange(max_k)}
+    if data is not None:
+        groups["log_likelihood"] = {"obs": np.stack(ll)}
+        groups["sample_stats"]["log_likelihood"] = np.asarray(ll_tot)
+        y = data[1]
+        groups["observed_data"] = {"obs": y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)}
+        if groups["observed_data"]["obs"].ndim > 1:
+            dims["obs"] = ["obs_id"] + [f"obs_dim_{i}" for i in range(1, groups["observed_data"]["obs"].ndim)]
+    attrs = {"/": {"inference": "variational (SQS guide)", "draws": "exact draws from the SparseGMM posterior",
+                   "inference_library": "pyro", "density_measure": "delta_0 + Lebesgue"}}
+    dt = from_dict(groups, sample_dims=["sample"], dims=dims, coords=coords, name=name, attrs=attrs)
+    posterior = dt["posterior"].to_dataset().assign_coords(weight_layer=("weight", weight_layer))
+    dt["posterior"] = posterior
+    v_data, v_coords, v_dims = layer_summary(model, guide, quantiles, tau)
+    dt["variational"] = dict_to_dataset(v_data, coords=v_coords, dims=v_dims, sample_dims=[],
+                                        attrs={"description": "parameters and summaries of the fitted q (no draws)"})
+    return dt

@@ -1,0 +1,129 @@
+"""
+The SQS variational family: each compressed weight is exactly zero (the spike)
+or drawn from a Gaussian mixture shared by its group (method.md §3).
+
+    q(theta_i) = (1 - gamma_i) delta_0 + gamma_i sum_k phi_ik N(mu_gk, sigma_gk^2)
+
+Per group ``g``: codebook ``mu_g``, stds ``sigma_g``, mixing weights ``pi_g``
+(initialized by k-means on the pretrained weights). Per weight: the gate logit
+``rho_i`` with ``gamma_i = sigmoid(rho_i / s)``. The component probabilities
+``phi_ik`` are computed from the anchor (the pretrained weight) with
+temperature ``tau``. A bool ``mask`` per site implements pruning: masked gates
+are exactly zero.
+
+Example::
+
+    >>> import torch, pyro
+    >>> from sqs_pyro import PriorSpec, SQSELBO
+    >>> from sqs_pyro.models import SQSModel, Gaussian
+    >>> net = torch.nn.Linear(3, 1)
+    >>> model = SQSModel(net, PriorSpec({"_default": {"num_components": 2}}), Gaussian(), num_data=10)
+    >>> guide = SQSGuide(model)
+    >>> guide.site_params["weight"].locs.shape
+    torch.Size([1, 2])
+"""
+
+from operator import attrgetter
+
+import torch
+from torch.distributions import constraints
+
+from pyro.infer.autoguide import AutoMessenger
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn.module import PyroModule, PyroParam
+
+from sqs_pyro.distributions import SparseGMM
+from sqs_pyro.soft_quantize import component_probs
+
+from .groups import build_grouping
+from .kmeans import kmeans_1d
+
+
+class SiteParams(PyroModule):
+    """Variational parameters of one compressed site (a weight tensor)."""
+
+    def __init__(self, anchor, grouping, settings):
+        super().__init__()
+        self.grouping = grouping
+        self.settings = settings
+        num_components = settings.num_components
+        inits = [kmeans_1d(members, num_components) for members in grouping.members(anchor.detach())]
+        locs = torch.stack([i.locs for i in inits]).to(anchor)
+        scales = torch.stack([i.scales for i in inits]).to(anchor)
+        weights = torch.stack([i.weights for i in inits]).to(anchor)
+        self.locs = PyroParam(locs, event_dim=2)
+        self.scales = PyroParam(scales, constraint=constraints.positive, event_dim=2)
+        self.logits = PyroParam(weights.log(), event_dim=2)
+        s = settings.gate_temperature
+        init_rho = 5 * s if settings.init_rho is None else settings.init_rho
+        self.rho = PyroParam(torch.full_like(anchor, init_rho, requires_grad=False), event_dim=anchor.dim())
+        self.register_buffer("mask", torch.ones_like(anchor, dtype=torch.bool))
+        if grouping.index is not None:
+            self.register_buffer("group_index", grouping.index)
+
+    def gate_probs(self):
+        """``gamma = sigmoid(rho / s)``, exactly zero where masked."""
+        gate = torch.sigmoid(self.rho / self.settings.gate_temperature)
+        return gate * self.mask
+
+    def component_probs(self, anchor, tau=None):
+        """``phi`` of every weight: shape ``anchor.shape + (K,)``."""
+        g = self.grouping.gather
+        tau = self.settings.tau if tau is None else tau
+        return component_probs(anchor, g(self.locs), g(self.scales), g(self.logits), tau)
+
+
+class SQSGuide(AutoMessenger):
+    """
+    The SQS guide: a :class:`~sqs_pyro.distributions.SparseGMM` at every
+    compressed site of an :class:`~sqs_pyro.models.SQSModel`.
+
+    Parameters are created eagerly at construction (k-means on each group of
+    the anchors), so ``guide.parameters()`` can be handed to an optimizer
+    straight away.
+
+    :param model: an :class:`~sqs_pyro.models.SQSModel` (anything with
+        ``.sites``: name -> object with ``anchor`` and ``settings``).
+    :param dict groupings: optional ``name -> Grouping`` overriding the windows
+        that the sites' settings ask for.
+    """
+
+    def __init__(self, model, *, groupings=None, amortized_plates=()):
+        super().__init__(model, amortized_plates=amortized_plates)
+        groupings = groupings or {}
+        for name, site in model.sites.items():
+            grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings)
+            deep_setattr(self, "site_params." + name, SiteParams(site.anchor, grouping, site.settings))
+
+    def params_of(self, name):
+        """The :class:`SiteParams` of site ``name``."""
+        return attrgetter(name)(self.site_params)
+
+    @property
+    def site_names(self):
+        return list(self.model.sites)
+
+    def get_posterior(self, name, prior):
+        if name not in self.model.sites:
+            raise NotImplementedError(
+                f"SQSGuide only covers compressed weights; site {name!r} is not one of them"
+            )
+        return self.posterior(name)
+
+    def posterior(self, name, tau=None):
+        """The :class:`SparseGMM` posterior of site ``name`` (an ``Independent`` over the weight's shape)."""
+        p = self.params_of(name)
+        anchor = self.model.sites[name].anchor
+        g = p.grouping.gather
+        q = SparseGMM(p.gate_probs(), p.component_probs(anchor, tau), g(p.locs), g(p.scales))
+        return q.to_event(anchor.dim())
+
+    def masks(self):
+        """``name -> bool mask`` (False = pruned)."""
+        return {name: self.params_of(name).mask for name in self.site_names}
+
+    @torch.no_grad()
+    def set_masks(self, masks):
+        """Set pruning masks: ``name -> bool tensor`` of the site's shape."""
+        for name, mask in masks.items():
+            self.params_of(name).mask.copy_(mask)

@@ -1,0 +1,123 @@
+"""
+Turn any ``nn.Module`` into a Pyro model whose compressed weights are sample
+sites with a spike-and-slab prior.
+
+The network, the prior (a :class:`~sqs_pyro.PriorSpec`) and the likelihood are
+separate and swappable, in the manner of TyXe. Compressed weights are replaced
+at call time with :func:`torch.func.functional_call`, so the user's module is
+not modified (its weights stay as the *anchors* the guide reads). All other
+trainable parameters (biases, norms, heads) are point estimates registered with
+``pyro.param``, so both :class:`pyro.infer.SVI` and plain ``torch.optim`` loops
+train them.
+
+Example::
+
+    >>> import torch, pyro
+    >>> from sqs_pyro import PriorSpec
+    >>> from sqs_pyro.models import SQSModel, Categorical
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> model = SQSModel(net, PriorSpec({"_default": {"num_components": 4}}), Categorical(), num_data=100)
+    >>> list(model.sites)
+    ['0.weight', '2.weight']
+    >>> trace = pyro.poutine.trace(model).get_trace(torch.randn(5, 4), torch.zeros(5, dtype=torch.long))
+    >>> trace.nodes["0.weight"]["fn"].event_shape
+    torch.Size([8, 4])
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import pyro
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from sqs_pyro.distributions import SpikeSlab
+from sqs_pyro.prior_spec import PriorSettings, PriorSpec
+
+
+@dataclass
+class WeightSite:
+    """One compressed weight tensor: its sample-site name, settings and anchor."""
+
+    name: str
+    settings: PriorSettings
+    anchor: nn.Parameter
+
+    @property
+    def shape(self):
+        return self.anchor.shape
+
+
+def spike_slab_prior(settings, anchor):
+    """
+    The spike-and-slab prior (method.md §2) of a weight tensor shaped like
+    ``anchor`` (the plain slab when ``settings.spike`` is False).
+    """
+    slab = settings.slab_distribution(like=anchor)
+    prior = SpikeSlab(anchor.new_tensor(settings.inclusion_prob), slab) if settings.spike else slab
+    return prior.expand(anchor.shape).to_event(anchor.dim())
+
+
+class SQSModel(nn.Module):
+    """
+    A Pyro model: a network with spike-and-slab priors on its compressed weights
+    and a likelihood on its output.
+
+    :param nn.Module net: the (pretrained) network; its compressed weights are
+        the anchors and are frozen unless ``train_anchors`` is set in the spec.
+    :param prior_spec: a :class:`~sqs_pyro.PriorSpec`, a dict or a spec file path.
+    :param likelihood: a callable ``likelihood(output, target, num_data, subsample)``
+        from :mod:`sqs_pyro.models.likelihoods`.
+    :param int num_data: size of the training set (the data plate's size).
+    :param callable forward: optional ``forward(net, x) -> output``; by default
+        ``net(x)`` for tensors and ``net(**x)`` for dicts (transformers inputs).
+    """
+
+    def __init__(self, net, prior_spec, likelihood, num_data, forward=None):
+        super().__init__()
+        self.net = net
+        self.prior_spec = PriorSpec.coerce(prior_spec)
+        self.likelihood = likelihood
+        self.num_data = int(num_data)
+        self.forward_fn = forward
+        self.sites = OrderedDict()
+        for name, settings in self.prior_spec.resolve(net).items():
+            anchor = net.get_parameter(name)
+            anchor.requires_grad_(settings.train_anchors)
+            self.sites[name] = WeightSite(name, settings, anchor)
+
+    def point_parameters(self):
+        """Trainable parameters that are point estimates (everything but the frozen anchors)."""
+        return [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+
+    def prior(self, name):
+        """The prior distribution of site ``name``."""
+        site = self.sites[name]
+        return spike_slab_prior(site.settings, site.anchor)
+
+    def sample_weights(self):
+        """Sample every compressed weight from its prior (or from the guide, under it)."""
+        return {name: pyro.sample(name, self.prior(name)) for name in self.sites}
+
+    def run_net(self, weights, x):
+        """Evaluate the network with ``weights`` substituted for the compressed tensors."""
+        if self.forward_fn is not None:
+            return self.forward_fn(lambda *a, **k: functional_call(self.net, weights, a, k), x)
+        if isinstance(x, dict):
+            return functional_call(self.net, weights, (), dict(x))
+        return functional_call(self.net, weights, (x,))
+
+    def forward(self, x, y=None, subsample=None, **likelihood_kwargs):
+        for name, param in self.point_parameters():
+            pyro.param("net." + name, param)
+        weights = self.sample_weights()
+        output = self.run_net(weights, x)
+        self.likelihood(output, y, num_data=self.num_data, subsample=subsample, **likelihood_kwargs)
+        return output
+
+    def __repr__(self):
+        return (
+            f"SQSModel(net={type(self.net).__name__}, sites={len(self.sites)}, "
+            f"likelihood={self.likelihood!r}, num_data={self.num_data})"
+        )

@@ -1,0 +1,20 @@
+"""
+sqs-pyro: Bayesian compression of deep networks with sparse quantized
+sub-distributions (SQS; Wang, Jiang, Lin & Song, arXiv 2510.08999), in Pyro.
+
+Five lines from a trained network to a sparse, quantized one::
+
+    spec = PriorSpec({"_default": {"num_components": 4}})        # spike-and-slab prior, K = 4
+    model = SQSModel(net, spec, Categorical(), num_data=len(X))  # sqs_pyro.models
+    guide = SQSGuide(model)                                      # sqs_pyro.guides
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), SQSELBO())
+    compressed = greedy_map(model, guide)                        # after svi.step(X, y) a few hundred times
+"""
+
+from .elbo import SQSELBO
+from .handlers import PosteriorMean
+from .prior_spec import PriorSettings, PriorSpec
+
+__version__ = "0.1.0"
+
+__all__ = ["PosteriorMean", "PriorSettings", "PriorSpec", "SQSELBO", "__version__"]

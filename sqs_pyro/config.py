@@ -1,0 +1,187 @@
+"""
+Run configuration: one TOML file (prior spec included) with flag overrides.
+
+A run is described by :class:`RunConfig`, nested sections mirroring the TOML
+tables ``[data]``, ``[model]``, ``[compress]``, ``[eval]``, ``[export]`` and
+``[prior]`` (a :class:`~sqs_pyro.PriorSpec` as a table). The effective config
+is written to the run directory, so every run can be reproduced from it.
+
+Example::
+
+    >>> cfg = RunConfig.from_dict({"compress": {"sparsity": 0.75}})
+    >>> cfg = cfg.override(["compress.lr=0.01", "prior._default.num_components=8"])
+    >>> cfg.compress.sparsity, cfg.compress.lr, cfg.prior["_default"]["num_components"]
+    (0.75, 0.01, 8)
+"""
+
+import copy
+import dataclasses
+import pathlib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import tomli_w
+
+from .io import atomic_write
+from .prior_spec import PriorSpec
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "small-cnn"
+    base_epochs: int = 3
+    base_lr: float = 3e-3
+    base_checkpoint: Optional[str] = None
+
+
+@dataclass
+class CompressConfig:
+    epochs: float = 2.0
+    lr: float = 1e-3
+    gate_lr: float = 1e-2
+    kl_weight: float = 1.0
+    plug_in: str = "mean"
+    pruning: str = "cubic"
+    sparsity: float = 0.5
+    prune_start: float = 0.1
+    prune_end: float = 0.6
+    score: str = "rho"
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 10
+    eval_temperature: Optional[float] = None
+
+
+@dataclass
+class ExportConfig:
+    codebook_dtype: str = "float16"
+    entropy_coded: bool = True
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "compress": CompressConfig, "eval": EvalConfig, "export": ExportConfig}
+_CHOICES = {
+    ("compress", "plug_in"): ("mean", "sample"),
+    ("compress", "pruning"): ("cubic", "posterior", "none"),
+    ("compress", "score"): ("rho", "magnitude"),
+    ("export", "codebook_dtype"): ("float16", "float32"),
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything a compression run needs. See the module docstring."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    prior: Optional[dict] = None  # None: the architecture's default (see pipeline.default_prior_for)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = copy.deepcopy(dict(d))
+        kwargs = {}
+        top = {f.name for f in dataclasses.fields(cls)}
+        for key, value in d.items():
+            if key not in top:
+                raise ValueError(f"unknown config key {key!r}: expected one of {sorted(top)}")
+            if key in _SECTIONS:
+                section = _SECTIONS[key]
+                names = {f.name for f in dataclasses.fields(section)}
+                if not isinstance(value, dict):
+                    raise ValueError(f"config section [{key}] must be a table, got {value!r}")
+                bad = set(value) - names
+                if bad:
+                    raise ValueError(f"unknown key(s) {sorted(bad)} in [{key}]: expected some of {sorted(names)}")
+                kwargs[key] = section(**value)
+            else:
+                kwargs[key] = value
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        prior = d.pop("prior")
+        d = _drop_none(d)
+        if prior is not None:
+            d["prior"] = PriorSpec.coerce(prior).to_dict(file_safe=True)
+        return d
+
+    def replace_prior(self, prior):
+        """A copy with another prior spec (a dict)."""
+        return dataclasses.replace(self, prior=copy.deepcopy(prior)).validate()
+
+    @classmethod
+    def from_file(cls, path):
+        path = pathlib.Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(d)
+
+    def save(self, path):
+        with atomic_write(path, "wb") as f:
+            tomli_w.dump(self.to_dict(), f)
+
+    def override(self, assignments):
+        """Apply ``section.key=value`` assignments (values parsed as TOML, else kept as strings)."""
+        d = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like section.key=value")
+            key, raw = item.split("=", 1)
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = raw
+            node = d
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"override {item!r}: {part!r} is not a table")
+            node[parts[-1]] = value
+        return type(self).from_dict(d)
+
+    def validate(self):
+        for (section, key), choices in _CHOICES.items():
+            value = getattr(getattr(self, section), key)
+            if value not in choices:
+                raise ValueError(f"[{section}] {key} = {value!r} is not one of {choices}")
+        if not 0.0 <= self.compress.sparsity < 1.0:
+            raise ValueError(f"[compress] sparsity must lie in [0, 1), got {self.compress.sparsity}")
+        if not 0.0 <= self.compress.prune_start <= self.compress.prune_end <= 1.0:
+            raise ValueError("[compress] need 0 <= prune_start <= prune_end <= 1 (fractions of the run)")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.prior is not None:
+            PriorSpec.coerce(self.prior)  # validates the spec's keys and values
+        return self
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d

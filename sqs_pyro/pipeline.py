@@ -1,0 +1,227 @@
+"""
+The compression pipeline behind the command line: base model, SQS
+compression, evaluation, export and the reload check. Each step reads and
+writes the run directory, so each is also a CLI subcommand.
+
+Run directory::
+
+    config.toml              the effective configuration
+    base.pt                  the base (pretrained) network and its accuracy
+    checkpoint.pt, log.jsonl SVI state and per-step log (resume with --resume)
+    compressed.safetensors   the exported compressed network (+ .ec.safetensors, entropy coded)
+    results.json             accuracies, sparsity, sizes
+
+Example::
+
+    >>> from sqs_pyro.config import RunConfig
+    >>> cfg = smoke_config(RunConfig(out_dir="/tmp/sqs-doc"))  # doctest: +SKIP
+    >>> results = run_main_job(cfg)                             # doctest: +SKIP
+"""
+
+import json
+import os
+import time
+
+import torch
+
+from .config import RunConfig
+from .data import load_image_data
+from .export import load_into, save, size_report
+from .io import atomic_write
+from .train_base import evaluate_accuracy, train_classifier
+from .trainer import SQSTrainer, TensorData
+
+BASE_NAME = "base.pt"
+CONFIG_NAME = "config.toml"
+EXPORT_NAME = "compressed.safetensors"
+EXPORT_EC_NAME = "compressed.ec.safetensors"
+RESULTS_NAME = "results.json"
+
+
+def resolve_device(name):
+    """``auto`` -> cuda if available else cpu; nothing hard-codes CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def smoke_config(cfg):
+    """Shrink a config to a run of about a minute (CI's ``--smoke``)."""
+    return cfg.override(
+        [
+            "data.train_subset=3000",
+            "data.test_subset=1000",
+            "model.base_epochs=1",
+            "compress.epochs=1.0",
+            "compress.checkpoint_every=10",
+            "eval.num_samples=3",
+        ]
+    )
+
+
+def _subset(ds, n, seed):
+    if n is None or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n]
+    return torch.utils.data.TensorDataset(*(t[idx] for t in ds.tensors))
+
+
+def load_data(cfg):
+    """Train and test sets of the run (subsets when asked), and their description."""
+    train, test, info = load_image_data(cfg.data.dataset)
+    train = _subset(train, cfg.data.train_subset, cfg.seed)
+    test = _subset(test, cfg.data.test_subset, cfg.seed + 1)
+    return train, test, info
+
+
+def default_prior_for(arch):
+    """The architecture's default compressed modules (method.md §8)."""
+    from sqs_pyro.models.cnn import default_prior_spec
+
+    return default_prior_spec(arch)
+
+
+def build_net(cfg, info):
+    from sqs_pyro.models.cnn import build_cnn
+
+    return build_cnn(cfg.model.arch, num_classes=info["num_classes"], in_channels=info["input_shape"][0])
+
+
+def base_network(cfg, train, test, info, device, progress=True):
+    """Load the run's base network, or train it (and save it atomically) if there is none."""
+    path = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, BASE_NAME)
+    net = build_net(cfg, info).to(device)
+    if os.path.exists(path):
+        state = torch.load(path, map_location=device, weights_only=False)
+        if state.get("arch") != cfg.model.arch:
+            raise ValueError(f"base checkpoint {path} is a {state.get('arch')!r}, the config asks for {cfg.model.arch!r}")
+        net.load_state_dict(state["state_dict"])
+        return net, state["test_accuracy"]
+    torch.manual_seed(cfg.seed)
+    result = train_classifier(net, train, test, epochs=cfg.model.base_epochs, lr=cfg.model.base_lr,
+                              batch_size=cfg.data.batch_size, device=device, seed=cfg.seed, progress=progress)
+    accuracy = evaluate_accuracy(net, test, device=device)
+    with atomic_write(path, "wb") as f:
+        torch.save({"arch": cfg.model.arch, "state_dict": net.state_dict(), "test_accuracy": accuracy,
+                    "dataset": info["name"], "history": result.get("history")}, f)
+    return net, accuracy
+
+
+def build_model_and_guide(cfg, net, num_data):
+    """The Pyro model (network + prior spec + likelihood) and the SQS guide."""
+    from sqs_pyro.guides import SQSGuide
+    from sqs_pyro.models import Categorical, SQSModel
+
+    model = SQSModel(net, cfg.prior, Categorical(), num_data=num_data)
+    return model, SQSGuide(model)
+
+
+def compress(cfg, net, train, device, resume=False, progress=True):
+    """Fit the SQS posterior (paper schedule or posterior pruning). Returns ``(model, guide, trainer)``."""
+    model, guide = build_model_and_guide(cfg, net, len(train))
+    guide.to(device)
+    x, y = train.tensors
+    trainer = SQSTrainer(model, guide, TensorData(x, y), cfg.compress, out_dir=cfg.out_dir,
+                         batch_size=cfg.data.batch_size, seed=cfg.seed, progress=progress,
+                         to_device=lambda b: (b[0].to(device), b[1].to(device)))
+    trainer.run(resume=resume)
+    return model, guide, trainer
+
+
+def load_compressed_run(cfg, net, num_data, device):
+    """Rebuild model and guide from a finished run's checkpoint."""
+    from .checkpoint import load_checkpoint
+
+    model, guide = build_model_and_guide(cfg, net, num_data)
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "checkpoint.pt"), map_location=device)
+    guide.load_state_dict(ckpt["guide"])
+    model.net.load_state_dict(ckpt["net"])
+    return model, guide.to(device)
+
+
+@torch.no_grad()
+def evaluate_posterior(cfg, model, guide, test, device):
+    """Greedy-MAP and Bayesian-averaging test accuracy, and the sparsity of the export."""
+    from sqs_pyro.guides import greedy_map, hard_assignment, sample_networks
+
+    greedy = greedy_map(model, guide)
+    greedy_acc = evaluate_accuracy(greedy, test, device=device)
+    networks = sample_networks(model, guide, cfg.eval.num_samples, eval_temperature=cfg.eval.eval_temperature,
+                               generator=torch.Generator(device=device).manual_seed(cfg.seed))
+    x, y = test.tensors
+    correct = 0
+    model.net.eval()
+    for start in range(0, len(y), cfg.data.eval_batch_size):
+        xb = x[start : start + cfg.data.eval_batch_size].to(device)
+        logits = sum(model.run_net(w, xb) for w in networks) / len(networks)
+        correct += int((logits.argmax(-1).cpu() == y[start : start + cfg.data.eval_batch_size]).sum())
+    hard = hard_assignment(model, guide)
+    nnz = sum(int(t.mask.sum()) for t in hard.values())
+    numel = sum(t.mask.numel() for t in hard.values())
+    return {"greedy_accuracy": greedy_acc, "bma_accuracy": correct / len(y), "sparsity": 1 - nnz / numel}
+
+
+def export_run(cfg, model, guide, test, device, greedy_accuracy=None):
+    """Write the compressed files, reload them into a fresh network and check the greedy accuracy exactly."""
+    from sqs_pyro.guides import greedy_map, hard_assignment
+
+    dtype = torch.float16 if cfg.export.codebook_dtype == "float16" else torch.float32
+    compressed = hard_assignment(model, guide, codebook_dtype=dtype)
+    dense = {k: v for k, v in greedy_map(model, guide, codebook_dtype=dtype).state_dict().items() if k not in compressed}
+    meta = {"arch": cfg.model.arch, "dataset": cfg.data.dataset, "method": "sqs", "codebook_dtype": cfg.export.codebook_dtype}
+    paths = {"plain": os.path.join(cfg.out_dir, EXPORT_NAME)}
+    save(paths["plain"], compressed, dense, metadata=meta, codebook_dtype=cfg.export.codebook_dtype)
+    if cfg.export.entropy_coded:
+        paths["entropy_coded"] = os.path.join(cfg.out_dir, EXPORT_EC_NAME)
+        save(paths["entropy_coded"], compressed, dense, metadata=meta, codebook_dtype=cfg.export.codebook_dtype,
+             entropy_coded=True)
+    expected = greedy_map(model, guide, codebook_dtype=dtype)
+    out = {"files": {}}
+    for kind, path in paths.items():
+        reloaded = build_net(cfg, {"num_classes": _num_classes(expected), "input_shape": (_in_channels(expected),)})
+        load_into(reloaded, path)
+        reloaded.to(device)
+        for name, p in expected.state_dict().items():
+            if not torch.equal(reloaded.state_dict()[name].to(p), p):
+                raise RuntimeError(f"reloaded {kind} file {path} differs from the greedy weights at {name}")
+        acc = evaluate_accuracy(reloaded, test, device=device)
+        out["files"][kind] = {"path": path, "bytes": os.path.getsize(path), "reloaded_accuracy": acc,
+                              "report": size_report(path).to_dict()}
+    out["greedy_accuracy_rounded_codebook"] = evaluate_accuracy(expected, test, device=device)
+    return out
+
+
+def _num_classes(net):
+    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+
+
+def _in_channels(net):
+    return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][0].in_channels
+
+
+def write_results(cfg, results):
+    with atomic_write(os.path.join(cfg.out_dir, RESULTS_NAME), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+
+def run_main_job(cfg, resume=False, progress=True, baselines=True):
+    """The default job: base model -> SQS -> evaluate -> export -> reload check (-> baselines) -> table."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    cfg.save(os.path.join(cfg.out_dir, CONFIG_NAME))
+    t0 = time.time()
+    train, test, info = load_data(cfg)
+    net, base_acc = base_network(cfg, train, test, info, device, progress)
+    t_base = time.time()
+    model, guide, trainer = compress(cfg, net, train, device, resume=resume, progress=progress)
+    t_sqs = time.time()
+    metrics = evaluate_posterior(cfg, model, guide, test, device)
+    exported = export_run(cfg, model, guide, test, device)
+    results = {"dataset": info, "arch": cfg.model.arch, "base_accuracy": base_acc, "sqs": {**metrics, **exported},
+               "seconds": {"base": t_base - t0, "sqs": t_sqs - t_base, "total": time.time() - t0}}
+    write_results(cfg, results)
+    return results

@@ -1,0 +1,289 @@
+"""
+The SVI loop of a compression run: minibatches, the pruning schedule,
+progress bars, a per-step log, atomic checkpoints, resume, NaN guard, and
+data-parallel training with PyTorch DDP.
+
+The batch of every step is a pure function of ``(seed, step)``, so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would,
+and reaches the same result.
+
+Example::
+
+    >>> import torch, tempfile
+    >>> from sqs_pyro.models import SQSModel, Categorical
+    >>> from sqs_pyro.guides import SQSGuide
+    >>> from sqs_pyro.config import CompressConfig
+    >>> x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    >>> net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> model = SQSModel(net, {"_default": {"num_components": 4}}, Categorical(), num_data=64)
+    >>> trainer = SQSTrainer(model, SQSGuide(model), TensorData(x, y), CompressConfig(epochs=1),
+    ...                      out_dir=tempfile.mkdtemp(), batch_size=16, progress=False)
+    >>> trainer.run().step
+    4
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .elbo import SQSELBO
+from .io import atomic_write
+from .schedules import cubic_sparsity, global_topk_masks
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TensorData:
+    """Indexable training data: ``get(idx) -> (x, y)`` for a long tensor of indices."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def get(self, idx):
+        return self.x[idx], self.y[idx]
+
+
+def epoch_permutation(seed, epoch, n):
+    """The shuffling of epoch ``epoch``: a pure function of ``(seed, epoch)``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
+class _ELBOModule(torch.nn.Module):
+    """Model + guide as one module whose forward is the loss, so DDP can wrap it."""
+
+    def __init__(self, model, guide, elbo):
+        super().__init__()
+        self.model, self.guide, self.elbo = model, guide, elbo
+
+    def forward(self, x, y, subsample):
+        return self.elbo.differentiable_loss(self.model, self.guide, x, y, subsample=subsample)
+
+
+class SQSTrainer:
+    """
+    Runs SVI with the SQS ELBO on a model and guide.
+
+    :param model: an :class:`~sqs_pyro.models.SQSModel`.
+    :param guide: an :class:`~sqs_pyro.guides.SQSGuide`.
+    :param data: training data with ``len`` and ``get(idx) -> (x, y)``.
+    :param cfg: a :class:`~sqs_pyro.config.CompressConfig`.
+    :param str out_dir: run directory (``checkpoint.pt``, ``log.jsonl``).
+    :param int batch_size: global batch size (split over DDP processes).
+    :param callable to_device: moves a batch ``(x, y)`` to the device.
+    """
+
+    def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
+                 progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl"):
+        pyro.settings.set(module_local_params=True)  # guide parameters live in the guide, not a global store
+        self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
+        self.out_dir = out_dir
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.to_device = to_device or (lambda batch: batch)
+        self.progress = progress
+        self.checkpoint_path = os.path.join(out_dir, checkpoint_name)
+        self.log_path = os.path.join(out_dir, log_name)
+        self.elbo = SQSELBO(plug_in=cfg.plug_in, kl_weight=cfg.kl_weight)
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if self.batch_size % self.world:
+            raise ValueError(f"batch size {self.batch_size} is not divisible by {self.world} processes")
+        self.steps_per_epoch = max(1, len(data) // self.batch_size)
+        self.total_steps = max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.optimizer = self._make_optimizer()
+        self.state = TrainState()
+        module = _ELBOModule(model, guide, self.elbo)
+        if self.distributed:
+            module = torch.nn.parallel.DistributedDataParallel(module)
+        self.loss_module = module
+
+    def _make_optimizer(self):
+        gates, others = [], []
+        for name, p in self.guide.named_parameters():
+            (gates if name.endswith("rho_unconstrained") or name.endswith(".rho") else others).append(p)
+        others += [p for _, p in self.model.point_parameters()]
+        groups = [{"params": others, "lr": self.cfg.lr}]
+        if gates:
+            groups.append({"params": gates, "lr": self.cfg.gate_lr})
+        return torch.optim.Adam(groups)
+
+    # batches -------------------------------------------------------------------------------------
+    def batch_indices(self, step):
+        """This process's indices of step ``step``."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        perm = epoch_permutation(self.seed, epoch, len(self.data))
+        idx = perm[j * self.batch_size : (j + 1) * self.batch_size]
+        return idx[self.rank :: self.world]
+
+    # pruning -------------------------------------------------------------------------------------
+    def target_sparsity(self, step):
+        cfg = self.cfg
+        if cfg.pruning != "cubic":
+            return 0.0
+        t0, t1 = cfg.prune_start * self.total_steps, cfg.prune_end * self.total_steps
+        return cubic_sparsity(step, 0.0, cfg.sparsity, t0, t1)
+
+    @torch.no_grad()
+    def scores(self):
+        out = {}
+        for name, site in self.model.sites.items():
+            p = self.guide.params_of(name)
+            if self.cfg.score == "rho":
+                s = p.rho.detach().clone()
+            else:
+                s = self.guide.posterior(name).mean.abs()
+            out[name] = s.masked_fill(~p.mask, float("-inf"))
+        return out
+
+    @torch.no_grad()
+    def prune(self, step):
+        target = self.target_sparsity(step)
+        if target <= 0:
+            return
+        current = self.mask_sparsity()
+        if target > current:
+            self.guide.set_masks(global_topk_masks(self.scores(), target))
+
+    @torch.no_grad()
+    def mask_sparsity(self):
+        masks = self.guide.masks()
+        total = sum(m.numel() for m in masks.values())
+        return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+
+    @torch.no_grad()
+    def posterior_sparsity(self):
+        pruned = total = 0
+        for name in self.model.sites:
+            gate = self.guide.params_of(name).gate_probs()
+            pruned += int((gate < 0.5).sum())
+            total += gate.numel()
+        return pruned / total
+
+    # checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "step": self.state.step,
+            "guide": self.guide.state_dict(),
+            "net": self.model.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(self):
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        if self.distributed:
+            dist.barrier()
+
+    def load(self):
+        ckpt = load_checkpoint(self.checkpoint_path)
+        self.guide.load_state_dict(ckpt["guide"])
+        self.model.net.load_state_dict(ckpt["net"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        self.state.step = ckpt["step"]
+        self.state.history = self._read_log(upto=self.state.step)
+        if self.rank == 0:  # drop log lines written after the checkpoint
+            with atomic_write(self.log_path, "w") as f:
+                for row in self.state.history:
+                    f.write(json.dumps(row) + "\n")
+        return ckpt
+
+    def _read_log(self, upto):
+        if not os.path.exists(self.log_path):
+            return []
+        rows = []
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash
+                if row["step"] <= upto:
+                    rows.append(row)
+        return rows
+
+    # the loop ------------------------------------------------------------------------------------
+    def step(self):
+        t = self.state.step
+        self.prune(t)
+        idx = self.batch_indices(t)
+        x, y = self.to_device(self.data.get(idx))
+        self.model.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_module(x, y, idx.to(y.device if torch.is_tensor(y) else "cpu"))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {t}; stopped. The last good checkpoint is kept at "
+                f"{self.checkpoint_path} (lower the learning rate or kl_weight and resume with --resume)"
+            )
+        loss.backward()
+        self.optimizer.step()
+        self.state.step = t + 1
+        return loss.detach()
+
+    def run(self, resume=False):
+        """Train to the end (or resume and finish). Returns the :class:`TrainState`."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        if resume:
+            self.load()
+        elif self.rank == 0 and os.path.exists(self.log_path):
+            os.remove(self.log_path)
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="SQS", disable=not self.progress or self.rank)
+        log = open(self.log_path, "a") if self.rank == 0 else None
+        try:
+            while self.state.step < self.total_steps:
+                loss = self.step()
+                t = self.state.step
+                if t % self.cfg.log_every == 0 or t == self.total_steps:
+                    row = self._log_row(loss)
+                    self.state.history.append(row)
+                    if log:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                    bar.set_postfix(loss=f"{row['loss_per_example']:.3f}", data=f"{row['data']:.0f}",
+                                    kl=f"{row['kl_total']:.0f}", sparsity=f"{row['sparsity']:.2f}")
+                if t % self.cfg.checkpoint_every == 0 or t == self.total_steps:
+                    self.save()
+                bar.update(1)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        return self.state
+
+    def _log_row(self, loss):
+        terms = self.elbo.last_terms
+        n = len(self.data)
+        return {
+            "step": self.state.step,
+            "epoch": self.state.step / self.steps_per_epoch,
+            "loss": float(loss),
+            "loss_per_example": float(loss) / n,
+            "data": terms["data"],
+            "kl_total": terms["kl_total"],
+            "kl": terms["kl"],
+            "sparsity": self.mask_sparsity(),
+            "posterior_sparsity": self.posterior_sparsity(),
+            "target_sparsity": self.target_sparsity(self.state.step),
+        }
