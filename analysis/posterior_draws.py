@@ -146,24 +146,28 @@ def iter_draws(model, guide, num_draws, *, seed=0, tau=None, states=None):
 
 
 @torch.no_grad()
-def log_densities(model, guide, weights, tau=None):
+def log_densities(model, guide, weights, tau=None, states=None):
     """
     Elementwise ``log q(theta)`` and ``log pi(theta)`` of the mixed measure.
 
     :param dict weights: ``name -> tensor`` (e.g. :attr:`Draw.weights`).
+    :param dict states: the :func:`layer_states` to reuse (computed if None).
     :returns: ``(log_q, log_prior)``, two dicts ``name -> tensor`` of the
         site's shape. Sites whose prior has no spike are left out of both
         (see the module docstring); :func:`atomless_sites` lists them.
     """
+    from sqs_pyro.distributions import SparseGMM
+
+    states = layer_states(model, guide, tau) if states is None else states
     log_q, log_p = {}, {}
     for name, site in model.sites.items():
         if not site.settings.spike:
             continue
-        q = guide.posterior(name, tau)
-        prior = model.prior(name)
-        w = weights[name]
-        log_q[name] = q.base_dist.log_prob(w)
-        log_p[name] = prior.base_dist.log_prob(w)
+        st = states[name]
+        w = weights[name].reshape(-1)
+        q = SparseGMM(st.gate, st.phi, st.locs, st.scales, validate_args=False)
+        log_q[name] = q.log_prob(w).reshape(st.shape)
+        log_p[name] = model.prior(name).base_dist.log_prob(weights[name])
     return log_q, log_p
 
 

@@ -185,7 +185,7 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
     theta, lp_theta, sparsity, bits, ent, usage = [], [], [], [], [], []
     lp_tot, lq_tot, ll, ll_tot = [], [], [], []
     for draw in iter_draws(model, guide, num_draws, seed=seed, tau=tau, states=states):
-        log_q, log_p = log_densities(model, guide, draw.weights, tau)
+        log_q, log_p = log_densities(model, guide, draw.weights, tau, states)
         theta.append(torch.cat([draw.weights[n].reshape(-1)[index[n].to(draw.weights[n].device)].cpu() for n in names]))
         lp_theta.append(torch.cat([
             (log_p[n] if n in log_p else model.prior(n).base_dist.log_prob(draw.weights[n])).reshape(-1)[

@@ -24,9 +24,11 @@ the anchor ``w_i``, exactly as in SQS (:func:`~sqs_pyro.soft_quantize.component_
   over all sites (a global threshold, as for magnitude pruning) are the zero
   component's initial members: ``sigma_g0`` is their root mean square and
   ``K``-means on the remaining weights gives ``mu_g1..K``, ``sigma_g1..K`` and
-  the fractions. The zero component's mixing logit is then set so that exactly
-  the members (up to ties) have it as their argmax. Training may move the
-  achieved sparsity away from ``s``; report the achieved value.
+  the fractions. The zero component's mixing logit is then shifted so that, in
+  every group, as many weights have it as their argmax as it has members (the
+  argmax set is an interval around zero whose ends the mixture places, so it is
+  nearly, not exactly, the smallest magnitudes). Training may move the achieved
+  sparsity away from ``s``; report the achieved value.
 
 Example::
 
@@ -38,7 +40,8 @@ Example::
     >>> guide = DGMSGuide(model, init_sparsity=0.5)
     >>> round(guide.sparsity(), 2)
     0.5
-    >>> loss = SQSELBO(kl_weight=0.0).differentiable_loss(model, guide, torch.randn(64, 8), torch.zeros(64, dtype=torch.long))
+    >>> x, y = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+    >>> loss = SQSELBO(kl_weight=0.0).differentiable_loss(model, guide, x, y)
     >>> ct = guide.hard_assignment()["0.weight"]
     >>> ct.codebook.numel(), bool((ct.to_dense()[~ct.mask] == 0).all())
     (4, True)

@@ -76,6 +76,7 @@ def hard_assignment(model, guide, *, prune="posterior", codebook_dtype=torch.flo
             mask=keep.cpu(),
             outlier_index=None,
             outlier_values=None,
+            num_components=num_components,
         )
     return out
 

@@ -33,6 +33,7 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 
 from sqs_pyro.distributions import SparseGMM
+from sqs_pyro.distributions.anchored import AnchoredSparseGMM
 from sqs_pyro.soft_quantize import component_probs
 
 from .groups import build_grouping
@@ -110,12 +111,25 @@ class SQSGuide(AutoMessenger):
             )
         return self.posterior(name)
 
-    def posterior(self, name, tau=None):
-        """The :class:`SparseGMM` posterior of site ``name`` (an ``Independent`` over the weight's shape)."""
+    #: Default of :meth:`posterior`'s ``fused``.
+    fused = True
+
+    def posterior(self, name, tau=None, fused=None):
+        """
+        The posterior of site ``name`` (an ``Independent`` over the weight's shape): an
+        :class:`~sqs_pyro.distributions.anchored.AnchoredSparseGMM` (memory-efficient mean and KL)
+        or, with ``fused=False`` (default: :attr:`fused`), the explicit :class:`SparseGMM`.
+        """
         p = self.params_of(name)
         anchor = self.model.sites[name].anchor
         g = p.grouping.gather
-        q = SparseGMM(p.gate_probs(), p.component_probs(anchor, tau), g(p.locs), g(p.scales))
+        if not (self.fused if fused is None else fused):
+            q = SparseGMM(p.gate_probs(), p.component_probs(anchor, tau), g(p.locs), g(p.scales))
+        else:
+            index = p.grouping.index  # windows: (G, K) tables indexed per weight, not gathered
+            codebook = (p.locs, p.scales, p.logits) if index is not None else map(g, (p.locs, p.scales, p.logits))
+            tau = p.settings.tau if tau is None else tau
+            q = AnchoredSparseGMM(p.gate_probs(), anchor, *codebook, tau, group_index=index)
         return q.to_event(anchor.dim())
 
     def masks(self):

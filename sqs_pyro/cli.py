@@ -94,6 +94,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args)
+        from .distributed import init_from_env
+
+        init_from_env(cfg.device)
         return _dispatch(command, cfg, args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"sqs-pyro {command}: error: {e}", file=sys.stderr)
@@ -108,9 +111,12 @@ def _dispatch(command, cfg, args):
         results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress)
         print(pipeline.format_table(results))
         return 0
+    from .distributed import is_main_process
+
     device = pipeline.resolve_device(cfg.device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    cfg.save(os.path.join(cfg.out_dir, pipeline.CONFIG_NAME))
+    if is_main_process():
+        cfg.save(os.path.join(cfg.out_dir, pipeline.CONFIG_NAME))
     train, test, info = pipeline.load_data(cfg)
     net, base_acc = pipeline.base_network(cfg, train, test, info, device, progress)
     if command == "train-base":
@@ -118,7 +124,8 @@ def _dispatch(command, cfg, args):
         return 0
     if command == "compress":
         pipeline.compress(cfg, net, train, device, resume=args.resume, progress=progress)
-        print(f"compressed; checkpoint and log in {cfg.out_dir}")
+        if is_main_process():
+            print(f"compressed; checkpoint and log in {cfg.out_dir}")
         return 0
     if command == "baselines":
         from .baselines import run_baselines

@@ -26,6 +26,7 @@ import torch
 
 from .config import RunConfig
 from .data import load_image_data
+from .distributed import barrier, is_main_process, local_device
 from .export import load_into, save, size_report
 from .io import atomic_write
 from .train_base import evaluate_accuracy, train_classifier
@@ -41,10 +42,10 @@ RESULTS_NAME = "results.json"
 def resolve_device(name):
     """``auto`` -> cuda if available else cpu; nothing hard-codes CUDA."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
-    return torch.device(name)
+    return local_device(torch.device(name))
 
 
 def smoke_config(cfg):
@@ -77,11 +78,17 @@ def load_data(cfg):
     return train, test, info
 
 
-def default_prior_for(arch):
-    """The architecture's default compressed modules (method.md §8)."""
-    from sqs_pyro.models.cnn import default_prior_spec
-
-    return default_prior_spec(arch)
+def default_prior_for(arch, num_components=16):
+    """
+    The architecture's default compressed modules (method.md §8): every
+    ``Conv2d`` of the ResNets (the paper's choice; FC and BN stay dense); for
+    the small CNN every conv and the hidden FC layer (the bulk of its
+    weights), the output layer dense.
+    """
+    settings = {"num_components": num_components}
+    if arch == "small-cnn":
+        return {"_default": settings, "classifier.4": None}
+    return {"type:Conv2d": settings}
 
 
 def build_net(cfg, info):
@@ -94,11 +101,15 @@ def base_network(cfg, train, test, info, device, progress=True):
     """Load the run's base network, or train it (and save it atomically) if there is none."""
     path = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, BASE_NAME)
     net = build_net(cfg, info).to(device)
+    if not is_main_process():  # under torchrun, process 0 trains the base network
+        barrier()
     if os.path.exists(path):
         state = torch.load(path, map_location=device, weights_only=False)
         if state.get("arch") != cfg.model.arch:
             raise ValueError(f"base checkpoint {path} is a {state.get('arch')!r}, the config asks for {cfg.model.arch!r}")
         net.load_state_dict(state["state_dict"])
+        if is_main_process():
+            barrier()
         return net, state["test_accuracy"]
     torch.manual_seed(cfg.seed)
     result = train_classifier(net, train, test, epochs=cfg.model.base_epochs, lr=cfg.model.base_lr,
@@ -107,14 +118,20 @@ def base_network(cfg, train, test, info, device, progress=True):
     with atomic_write(path, "wb") as f:
         torch.save({"arch": cfg.model.arch, "state_dict": net.state_dict(), "test_accuracy": accuracy,
                     "dataset": info["name"], "history": result.get("history")}, f)
+    barrier()
     return net, accuracy
 
 
 def build_model_and_guide(cfg, net, num_data):
     """The Pyro model (network + prior spec + likelihood) and the SQS guide."""
+    import pyro
+
     from sqs_pyro.guides import SQSGuide
     from sqs_pyro.models import Categorical, SQSModel
 
+    # guide parameters live in the guide (not Pyro's global store), so several
+    # guides with the same site names can coexist and torch optimizers see them
+    pyro.settings.set(module_local_params=True)
     model = SQSModel(net, cfg.prior, Categorical(), num_data=num_data)
     return model, SQSGuide(model)
 
@@ -200,6 +217,28 @@ def _num_classes(net):
 
 def _in_channels(net):
     return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][0].in_channels
+
+
+def format_table(results):
+    """One Markdown table of a main-job result (SQS and, when present, the baselines)."""
+    rows = results.get("table_rows")
+    if rows:
+        from .baselines import format_table as baseline_table
+
+        head = f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}\n\n"
+        return head + baseline_table(rows)
+    sqs = results["sqs"]
+    plain = sqs["files"]["plain"]
+    report = plain["report"]
+    lines = [
+        f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}",
+        "",
+        "| method | sparsity | greedy acc | BMA acc | reloaded acc | file bytes | honest CR (compressed layers) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| SQS | {sqs['sparsity']:.3f} | {sqs['greedy_accuracy']:.4f} | {sqs['bma_accuracy']:.4f} | "
+        f"{plain['reloaded_accuracy']:.4f} | {plain['bytes']} | {report['cr_fp32']:.2f} ({report['model_cr']:.2f} whole file) |",
+    ]
+    return "\n".join(lines)
 
 
 def write_results(cfg, results):

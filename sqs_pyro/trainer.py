@@ -27,7 +27,6 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import pyro
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -93,7 +92,6 @@ class SQSTrainer:
 
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
                  progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl"):
-        pyro.settings.set(module_local_params=True)  # guide parameters live in the guide, not a global store
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
@@ -231,7 +229,12 @@ class SQSTrainer:
         x, y = self.to_device(self.data.get(idx))
         self.model.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_module(x, y, idx.to(y.device if torch.is_tensor(y) else "cpu"))
+        try:
+            loss = self.loss_module(x, y, idx.to(y.device if torch.is_tensor(y) else "cpu"))
+        except ValueError as e:  # distribution validation rejects NaN parameters
+            if "nan" not in str(e).lower():
+                raise
+            loss = torch.tensor(float("nan"))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {t}; stopped. The last good checkpoint is kept at "

@@ -10,7 +10,8 @@ nearest level. Nothing is trained.
 Example::
 
     >>> import torch
-    >>> ct = uniform_quantize(torch.tensor([-1.0, -0.1, 0.2, 0.4, 1.0]), torch.tensor([True, False, True, True, True]), 3)
+    >>> w = torch.tensor([-1.0, -0.1, 0.2, 0.4, 1.0])
+    >>> ct = uniform_quantize(w, w.abs() > 0.15, 3)
     >>> ct.codebook.tolist(), ct.to_dense().tolist()
     ([-1.0, 0.0, 1.0], [-1.0, 0.0, 0.0, 0.0, 1.0])
 """
@@ -47,7 +48,8 @@ def magnitude_rtn(net, sites, *, sparsity, codebook_dtype=torch.float32):
     """
     masks = magnitude_masks(net, sites, sparsity)
     compressed = {
-        name: uniform_quantize(net.get_parameter(name), masks[name], k, codebook_dtype) for name, (k, _) in sites.items()
+        name: uniform_quantize(net.get_parameter(name), masks[name], k, codebook_dtype)
+        for name, (k, _) in sites.items()
     }
     apply_compressed(net, compressed)
     return compressed

@@ -150,7 +150,8 @@ def _best_k(gaps):
         return 0, 0
     # for geometric gaps of mean m the best k is near log2(m ln 2) (Gallager & van Voorhis, 1975)
     guess = int(round(math.log2(max(1.0, float(gaps.mean()) * math.log(2)))))
-    sizes = {k: _rice_nbytes(gaps, k) for k in range(max(0, guess - 1), min(MAX_BITS, guess + 2))}
+    top = min(MAX_BITS, 8 * gaps.itemsize - 1, guess + 2)  # shifts past the word width are undefined
+    sizes = {k: _rice_nbytes(gaps, k) for k in range(max(0, min(guess - 1, top - 1)), top)}
     k = min(sizes, key=lambda k: (sizes[k], k))
     return k, sizes[k]
 

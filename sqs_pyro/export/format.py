@@ -123,6 +123,10 @@ def _codebook_dtype_name(codebook_dtype):
     return name
 
 
+def _entropy_coder():
+    return f"constriction {importlib.metadata.version('constriction')} AnsCoder, Categorical(perfect=False)"
+
+
 def _checksum(manifest_json, tensors):
     h = hashlib.sha256(manifest_json.encode())
     for name in sorted(tensors):
@@ -321,7 +325,7 @@ def save(
         "metadata": user_metadata,
         "codebook_dtype": codebook_dtype,
         "entropy_coded": bool(entropy_coded),
-        "entropy_coder": f"constriction {importlib.metadata.version('constriction')} AnsCoder" if entropy_coded else None,
+        "entropy_coder": _entropy_coder() if entropy_coded else None,
         "compressed": {},
         "dense": {},
     }

@@ -235,3 +235,27 @@ def test_save_rejects_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="CompressedTensor"):
         save(tmp_path / "x", {"w": ct.to_dense()})
     assert not os.listdir(tmp_path)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    ct = random_compressed((8, 8), 4, 0.5).with_codebook_dtype("float16")
+    save(path, {"w": ct})
+    before = path.read_bytes()
+    monkeypatch.setattr(safetensors.torch, "save", lambda *args, **kwargs: object())  # f.write fails
+    with pytest.raises(TypeError):
+        save(path, {"w": ct}, entropy_coded=True)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_entropy_decoder_mismatch_is_detected(tmp_path, monkeypatch):
+    import sqs_pyro.export.format as fmt
+
+    probs = [0.7, 0.1, 0.1, 0.1]
+    ct = random_compressed((100, 100), 4, 0.3, probs=probs).with_codebook_dtype("float16")
+    path = tmp_path / "ec.safetensors"
+    assert save(path, {"w": ct}, entropy_coded=True)["compressed"]["w"]["codes"]["encoding"] == "ans"
+    decode = fmt.ans_decode
+    monkeypatch.setattr(fmt, "ans_decode", lambda words, counts, n: (decode(words, counts, n) + 1) % len(counts))
+    with pytest.raises(CompressedFileError, match="entropy coder mismatch"):
+        load(path)

@@ -1,0 +1,150 @@
+"""
+Read a compression run's directory for analysis: its config, log, results,
+compressed file and, when asked, the fitted model and guide.
+
+The layout is the one :mod:`sqs_pyro.pipeline` writes (``config.toml``,
+``base.pt``, ``checkpoint.pt``, ``log.jsonl``, ``compressed.safetensors``,
+``results.json``); :class:`RunDir` returns ``None`` for a missing piece so that
+reports can say what is missing instead of failing.
+
+Example::
+
+    >>> run = RunDir("runs/default")            # doctest: +SKIP
+    >>> run.results()["sqs"]["greedy_accuracy"]  # doctest: +SKIP
+    0.9012
+    >>> model, guide, data = run.load()          # doctest: +SKIP
+"""
+
+import json
+import os
+import pathlib
+
+__all__ = ["DIAGNOSTICS_NAME", "RunDir"]
+
+#: Where :func:`sqs_pyro.analysis.report.write_report` keeps computed diagnostics.
+DIAGNOSTICS_NAME = "diagnostics.json"
+
+
+class RunDir:
+    """A run directory; every accessor returns ``None`` when its file is missing."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run directory {self.path} does not exist")
+
+    def file(self, name):
+        """``path / name`` if it exists, else ``None``."""
+        p = self.path / name
+        return p if p.exists() else None
+
+    @property
+    def config_path(self):
+        return self.file("config.toml")
+
+    @property
+    def log_path(self):
+        return self.file("log.jsonl")
+
+    @property
+    def export_path(self):
+        return self.file("compressed.safetensors")
+
+    @property
+    def export_ec_path(self):
+        return self.file("compressed.ec.safetensors")
+
+    @property
+    def checkpoint_path(self):
+        return self.file("checkpoint.pt")
+
+    def config(self):
+        """The run's :class:`~sqs_pyro.config.RunConfig` (``out_dir`` set to this directory)."""
+        from sqs_pyro.config import RunConfig
+
+        if self.config_path is None:
+            return None
+        cfg = RunConfig.from_file(self.config_path)
+        return cfg.override([f"out_dir={json.dumps(str(self.path))}"])
+
+    def log(self):
+        """Rows of ``log.jsonl`` (a torn last line is skipped)."""
+        from .plots import load_log
+
+        return None if self.log_path is None else load_log(self.log_path)
+
+    def results(self):
+        p = self.file("results.json")
+        return None if p is None else json.loads(p.read_text())
+
+    def diagnostics(self):
+        p = self.file(DIAGNOSTICS_NAME)
+        return None if p is None else json.loads(p.read_text())
+
+    def size_report(self, entropy_coded=False):
+        """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file."""
+        from sqs_pyro.export import size_report
+
+        path = self.export_ec_path if entropy_coded else self.export_path
+        return None if path is None else size_report(os.fspath(path))
+
+    def num_components(self):
+        """``K`` of the run's default prior (None if the config does not say)."""
+        cfg = self.config()
+        prior = (cfg.prior or {}) if cfg else {}
+        default = prior.get("_default") or {}
+        return default.get("num_components")
+
+    def sweep_results(self):
+        """
+        ``results.json`` of this run and of every run directly below it, each
+        with ``K`` (from its config) and ``target_sparsity`` added: the input of
+        :func:`~sqs_pyro.analysis.plots.plot_accuracy_vs_k` for a folder of runs.
+        """
+        out = []
+        for d in [self.path, *sorted(p for p in self.path.iterdir() if p.is_dir())]:
+            if not (d / "results.json").exists():
+                continue
+            run = RunDir(d)
+            res = dict(run.results())
+            cfg = run.config()
+            k = run.num_components()
+            if k is None:
+                manifest = run.size_report()
+                ks = {l.num_components for l in manifest.layers.values()} if manifest else set()
+                k = ks.pop() if len(ks) == 1 else None
+            if k is None:
+                continue
+            res.setdefault("K", k)
+            if cfg is not None:
+                res.setdefault("target_sparsity", cfg.compress.sparsity)
+            out.append(res)
+        return out
+
+    def load(self, device="cpu"):
+        """
+        Rebuild the fitted model and guide from the config, the base network and
+        the checkpoint. Returns ``(model, guide, (train, test, info))``.
+        Raises ``FileNotFoundError`` naming what is missing (nothing is retrained).
+        """
+        import pyro
+        import torch
+
+        from sqs_pyro import pipeline
+
+        cfg = self.config()
+        if cfg is None:
+            raise FileNotFoundError(f"{self.path} has no config.toml")
+        base = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, pipeline.BASE_NAME)
+        if not os.path.exists(base):
+            raise FileNotFoundError(f"{self.path} has no base network ({base})")
+        if self.checkpoint_path is None:
+            raise FileNotFoundError(f"{self.path} has no checkpoint.pt: compress first")
+        if cfg.prior is None:
+            cfg = cfg.replace_prior(pipeline.default_prior_for(cfg.model.arch))
+        pyro.settings.set(module_local_params=True)  # as the trainer: guide parameters live in the guide
+        device = torch.device(device)
+        train, test, info = pipeline.load_data(cfg)
+        net, _ = pipeline.base_network(cfg, train, test, info, device, progress=False)
+        model, guide = pipeline.load_compressed_run(cfg, net, len(train), device)
+        return model, guide, (train, test, info)

@@ -1,0 +1,117 @@
+"""
+Shared pieces of the transformers examples: export-and-reload checks, result
+rows, Markdown tables, timing. Not part of the library API.
+"""
+
+import copy
+import json
+import os
+import time
+
+import torch
+
+from sqs_pyro.export import size_report
+from sqs_pyro.io import atomic_write
+from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+@torch.no_grad()
+def apply_compressed(net, compressed):
+    """A copy of ``net`` whose compressed weights are the dense form of ``compressed``."""
+    net = copy.deepcopy(net)
+    for name, ct in compressed.items():
+        param = net.get_parameter(name)
+        param.copy_(ct.to_dense().to(param))
+    return net
+
+
+def export_and_reload(path, net, compressed, *, metadata=None, entropy_coded=True):
+    """
+    Save ``net`` with ``compressed`` (plain, and entropy coded beside it), load
+    the plain file back as a fresh transformers model and check every tensor is
+    bit-exact to ``net``'s.
+
+    :returns: ``(reloaded_net, info)`` with the size reports of both files.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_compressed_pretrained(path, net, compressed, metadata=metadata)
+    reloaded = load_compressed_pretrained(path)
+    expected, got = net.state_dict(), reloaded.state_dict()
+    for name, tensor in expected.items():
+        if not torch.equal(got[name].to(tensor.device), tensor):
+            raise RuntimeError(f"reloaded {path} differs from the exported weights at {name}")
+    info = {"path": path, "report": size_report(path)}
+    if entropy_coded:
+        ec_path = path.replace(".safetensors", ".ec.safetensors")
+        save_compressed_pretrained(ec_path, net, compressed, metadata=metadata, entropy_coded=True)
+        info["ec_path"], info["ec_report"] = ec_path, size_report(ec_path)
+    return reloaded, info
+
+
+def size_columns(info):
+    """Honest size figures of an export (plain file, and entropy coded when present)."""
+    rep = info["report"]
+    out = {
+        "paper_cr": rep.paper_cr,
+        "bits_per_weight": rep.bits_per_weight,
+        "layers_cr_fp32": rep.cr_fp32,
+        "file_bytes": rep.file_bytes,
+        "model_cr_fp32": rep.model_cr,
+        "sparsity": rep.sparsity,
+    }
+    if "ec_report" in info:
+        ec = info["ec_report"]
+        out.update(ec_bits_per_weight=ec.bits_per_weight, ec_file_bytes=ec.file_bytes, ec_model_cr_fp32=ec.model_cr,
+                   ec_layers_cr_fp32=ec.cr_fp32)
+    return out
+
+
+def _f(value, fmt):
+    return "—" if value is None else fmt.format(value)
+
+
+def markdown_table(rows, metric, metric_fmt="{:.4f}"):
+    """Rows of dicts as a Markdown table (method, K, windows, sparsity, metric, honest bits, CRs, bytes)."""
+    header = (f"| method | K | windows | sparsity | {metric} | bits/weight (plain) | bits/weight (entropy coded) "
+              "| paper CR | layers CR vs fp32 (EC) | file bytes (EC) | whole-model CR vs fp32 (EC) |")
+    lines = [header, "|" + " --- |" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r.get('K', '—')} | {r.get('window', '—')} | {_f(r.get('sparsity'), '{:.1%}')} "
+            f"| {_f(r.get(metric), metric_fmt)} | {_f(r.get('bits_per_weight'), '{:.3f}')} "
+            f"| {_f(r.get('ec_bits_per_weight'), '{:.3f}')} | {_f(r.get('paper_cr'), '{:.2f}×')} "
+            f"| {_f(r.get('ec_layers_cr_fp32'), '{:.2f}×')} | {_f(r.get('ec_file_bytes'), '{:,}')} "
+            f"| {_f(r.get('ec_model_cr_fp32'), '{:.2f}×')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(results, markdown, stem, dirs):
+    """Write ``<stem>.json`` and ``<stem>.md`` into every folder of ``dirs`` (atomically)."""
+    paths = []
+    for d in dirs:
+        if not d:
+            continue
+        os.makedirs(d, exist_ok=True)
+        for suffix, text in ((".json", json.dumps(results, indent=2, default=str) + "\n"), (".md", markdown + "\n")):
+            path = os.path.join(d, stem + suffix)
+            with atomic_write(path, "w") as f:
+                f.write(text)
+            paths.append(path)
+    return paths
+
+
+def set_threads(num_threads):
+    if num_threads:
+        torch.set_num_threads(int(num_threads))

@@ -1,0 +1,241 @@
+r"""
+The SQS posterior parameterized by its anchors, with a memory-efficient mean
+and KL (method.md §3, §4).
+
+In SQS the component probabilities are not free: ``phi_ik`` is a tempered
+softmax of the mixture responsibilities of the anchor weight ``w_i``.
+:class:`AnchoredSparseGMM` keeps ``(anchor, locs, scales, logits, tau)``
+instead of ``phi`` and computes what the ELBO needs, the mean
+``gamma_i sum_k phi_ik mu_k`` and the Jensen KL bound
+``KL_Bern(gamma_i || lambda_0) + gamma_i sum_k phi_ik KL(N_k || slab)``, with
+:func:`~sqs_pyro.soft_quantize.component_expectations`, which keeps no
+``weights x K`` tensor for backward. ``phi`` itself is built only when
+something asks for it (:meth:`~SparseGMM.sample`, :meth:`~SparseGMM.log_prob`,
+:meth:`~SparseGMM.rsample`).
+
+Example::
+
+    >>> import torch
+    >>> from torch.distributions import kl_divergence
+    >>> from sqs_pyro.distributions import SparseGMM, SpikeSlab
+    >>> anchor = torch.tensor([[-0.9, 0.1], [1.2, 0.8]])
+    >>> locs, scales, logits = torch.tensor([[-1.0, 1.0]]), torch.tensor([[0.2, 0.2]]), torch.zeros(1, 2)
+    >>> q = AnchoredSparseGMM(torch.full((2, 2), 0.9), anchor, locs, scales, logits, tau=1e-3)
+    >>> q.mean
+    tensor([[-0.9000,  0.9000],
+            [ 0.9000,  0.9000]])
+    >>> "component_probs" in vars(q)           # phi was not built
+    False
+    >>> p = SpikeSlab(0.01).expand([2, 2])
+    >>> explicit = SparseGMM(q.gate_probs, q.component_probs, locs, scales)
+    >>> torch.allclose(kl_divergence(q, p), kl_divergence(explicit, p))
+    True
+"""
+
+import torch
+from torch.distributions import Normal, constraints, register_kl
+from torch.distributions.utils import lazy_property
+
+from pyro.distributions.util import broadcast_shape
+
+from sqs_pyro.soft_quantize import component_expectations, component_probs
+
+from .kl import _bernoulli_kl, component_kl
+from .sparse_gmm import SparseGMM
+from .spike_slab import SpikeSlab
+
+
+class AnchoredSparseGMM(SparseGMM):
+    r"""
+    A :class:`SparseGMM` whose component probabilities are those of SQS,
+
+    .. math::
+
+        \phi_{ik} = \mathrm{softmax}_k(r_{ik} / \tau), \qquad
+        r_{ik} = \frac{\pi_k \mathcal{N}(w_i; \mu_k, \sigma_k^2)}
+                      {\sum_j \pi_j \mathcal{N}(w_i; \mu_j, \sigma_j^2)},
+
+    computed from the anchors ``w`` (see :mod:`sqs_pyro.soft_quantize`).
+    :attr:`mean`, :attr:`variance` and the registered KL to a
+    :class:`SpikeSlab` or a :class:`~torch.distributions.Normal` prior use the
+    fused :func:`~sqs_pyro.soft_quantize.component_expectations`; they equal
+    those of the explicit ``SparseGMM(gate_probs, component_probs, locs,
+    scales)`` (values and gradients) without storing ``phi``.
+    :attr:`component_probs` is built lazily, on first access.
+
+    The codebook is either broadcastable to ``batch_shape + (K,)`` (e.g.
+    ``(1, .., 1, K)`` for one layer) or, with ``group_index``, a ``(G, K)``
+    table with one row per group (window) and ``group_index`` giving the
+    group of each weight; :attr:`locs` and :attr:`scales` are then gathered per
+    weight on first access only.
+
+    :param torch.Tensor gate_probs: inclusion probabilities ``gamma``.
+    :param torch.Tensor anchor: anchor weights ``w``, shape (broadcastable
+        to) the batch shape.
+    :param torch.Tensor locs: component means ``mu``.
+    :param torch.Tensor scales: component stds ``sigma``.
+    :param torch.Tensor logits: mixing-weight logits (``pi = softmax(logits)``).
+    :param float tau: temperature of ``phi``.
+    :param torch.Tensor group_index: optional long tensor shaped like
+        ``anchor``: the row of the ``(G, K)`` tables of each weight.
+    :param float temperature: temperature of the relaxation in :meth:`rsample`.
+    :param int chunk_size: weights per chunk of the fused operation.
+    """
+
+    arg_constraints = {
+        "gate_probs": constraints.unit_interval,
+        "anchor": constraints.real,
+        "locs": constraints.real,
+        "scales": constraints.positive,
+        "logits": constraints.real,
+    }
+
+    def __init__(
+        self,
+        gate_probs,
+        anchor,
+        locs,
+        scales,
+        logits,
+        tau,
+        *,
+        group_index=None,
+        temperature=0.1,
+        chunk_size=None,
+        validate_args=None,
+    ):
+        codebook = (locs, scales, logits)
+        if any(t.dim() < 1 for t in codebook):
+            raise ValueError("locs, scales and logits need a rightmost component dimension")
+        self._num_components = broadcast_shape(*(t.shape[-1:] for t in codebook))[0]
+        if group_index is None:
+            param_shape = broadcast_shape(*(t.shape[:-1] for t in codebook))
+            self.locs, self.scales, self.logits = codebook
+        else:
+            if any(t.dim() != 2 for t in codebook):
+                raise ValueError("with a group_index, locs, scales and logits are (G, K) tables")
+            param_shape = group_index.shape
+        batch_shape = torch.Size(broadcast_shape(gate_probs.shape, anchor.shape, param_shape))
+        self._codebook = codebook
+        self.group_index = group_index
+        self.gate_probs = gate_probs.expand(batch_shape)
+        self.anchor = anchor
+        self.tau = float(tau)
+        self.temperature = temperature
+        self.chunk_size = chunk_size
+        super(SparseGMM, self).__init__(batch_shape, validate_args=validate_args)
+        if self._validate_args:
+            self._validate_tables()
+
+    def _validate_tables(self):
+        if not (self.tau > 0 and self.temperature > 0):
+            raise ValueError(f"Expected positive tau and temperature, got {self.tau} and {self.temperature}")
+        if self.group_index is not None:
+            for name, value in zip(("locs", "scales", "logits"), self._codebook):
+                if not torch._is_all_true(self.arg_constraints[name].check(value)):
+                    raise ValueError(f"Expected the {name} table to satisfy {self.arg_constraints[name]}")
+
+    @property
+    def num_components(self):
+        """The number ``K`` of mixture components."""
+        return self._num_components
+
+    # Per-weight views, built only when asked for (never by mean or the KL).
+    @lazy_property
+    def locs(self):
+        return self._codebook[0][self.group_index]
+
+    @lazy_property
+    def scales(self):
+        return self._codebook[1][self.group_index]
+
+    @lazy_property
+    def logits(self):
+        return self._codebook[2][self.group_index]
+
+    @lazy_property
+    def component_probs(self):
+        """``phi``, shape ``batch_shape + (K,)``; materialized on first access."""
+        phi = component_probs(self.anchor, self.locs, self.scales, self.logits, self.tau)
+        return phi.expand(self.batch_shape + (self._num_components,))
+
+    def expectations(self, *values):
+        """
+        ``sum_k phi_ik v_k`` for each per-component tensor ``v`` laid out like
+        the codebook, without storing ``phi`` (see
+        :func:`~sqs_pyro.soft_quantize.component_expectations`).
+        """
+        locs, scales, logits = self._codebook
+        return component_expectations(
+            self.anchor, locs, scales, logits, self.tau, *values,
+            group_index=self.group_index, chunk_size=self.chunk_size,
+        )
+
+    @property
+    def mean(self):
+        (m,) = self.expectations(self._codebook[0])
+        return self.gate_probs * m
+
+    @property
+    def variance(self):
+        locs, scales, _ = self._codebook
+        m, second = self.expectations(locs, scales**2 + locs**2)
+        mean = self.gate_probs * m
+        return self.gate_probs * second - mean**2
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(AnchoredSparseGMM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.__dict__.update(
+            {k: v for k, v in self.__dict__.items() if k in ("locs", "scales", "logits")}
+        )
+        new._codebook = self._codebook
+        new._num_components = self._num_components
+        new.group_index = self.group_index
+        new.gate_probs = self.gate_probs.expand(batch_shape)
+        new.anchor = self.anchor
+        new.tau = self.tau
+        new.temperature = self.temperature
+        new.chunk_size = self.chunk_size
+        super(SparseGMM, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+def _compact(t):
+    # The smallest view of an expanded tensor: stride-0 dimensions become size 1.
+    return t[tuple(slice(0, 1) if s == 0 else slice(None) for s in t.stride())]
+
+
+def _small_slab(slab):
+    """The slab with expanded (stride-0) batch dims removed where that is known to be safe."""
+    if isinstance(slab, Normal):
+        loc, scale = _compact(slab.loc), _compact(slab.scale)
+        if loc.numel() == 1 and scale.numel() == 1:
+            loc, scale = loc.reshape(()), scale.reshape(())
+        return Normal(loc, scale, validate_args=False)
+    return slab
+
+
+def _expected_component_kl(q, slab):
+    # sum_k phi_ik KL(N_k || slab), per weight.
+    slab = _small_slab(slab)
+    locs, scales, _ = q._codebook
+    if q.group_index is not None and slab.batch_shape:
+        # A slab varying per weight does not fit the (G, K) tables: explicit phi.
+        return (q.component_probs * component_kl(q.locs, q.scales, slab)).sum(-1)
+    (e,) = q.expectations(component_kl(locs, scales, slab))
+    return e
+
+
+@register_kl(AnchoredSparseGMM, SpikeSlab)
+def _kl_anchored_spike_slab(q, p):
+    # The Jensen bound of kl.py, KL_Bern + gamma * sum_k phi_k KL(N_k || slab).
+    gate = q.gate_probs
+    return _bernoulli_kl(gate, p.inclusion_prob) + gate * _expected_component_kl(q, p._base_slab)
+
+
+@register_kl(AnchoredSparseGMM, Normal)
+def _kl_anchored_normal(q, p):
+    # The Gaussian-prior ablation, as for SparseGMM in kl.py: the slab part alone.
+    return q.gate_probs * _expected_component_kl(q, p)

@@ -1,0 +1,130 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyro
+import pytest
+import torch
+
+from sqs_pyro.checkpoint import CheckpointError, load_checkpoint
+from sqs_pyro.config import CompressConfig
+from sqs_pyro.guides import SQSGuide
+from sqs_pyro.models import Categorical, SQSModel
+from sqs_pyro.trainer import NonFiniteLossError, SQSTrainer, TensorData
+
+HERE = os.path.dirname(__file__)
+
+
+def make_problem(seed=0, n=256):
+    """A small classifier and data, identical for a given seed."""
+    pyro.settings.set(module_local_params=True)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    model = SQSModel(net, {"_default": {"num_components": 4}}, Categorical(), num_data=n)
+    return model, SQSGuide(model), TensorData(x, y)
+
+
+def make_trainer(out_dir, seed=0, **cfg):
+    model, guide, data = make_problem(seed)
+    options = dict(epochs=2.0, lr=1e-2, gate_lr=1e-2, kl_weight=1e-3, sparsity=0.5, prune_start=0.2,
+                   prune_end=0.6, checkpoint_every=4, log_every=2)
+    options.update(cfg)
+    return SQSTrainer(model, guide, data, CompressConfig(**options), out_dir=str(out_dir), batch_size=32,
+                      seed=seed, progress=False)
+
+
+def assert_same_state(a, b):
+    sa, sb = a.guide.state_dict(), b.guide.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for k, v in a.model.net.state_dict().items():
+        assert torch.equal(v, b.model.net.state_dict()[k]), k
+
+
+def test_cubic_schedule_reaches_target_and_logs(tmp_path):
+    trainer = make_trainer(tmp_path)
+    state = trainer.run()
+    assert state.step == trainer.total_steps == 16
+    assert trainer.mask_sparsity() == pytest.approx(0.5, abs=0.01)
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows] == list(range(2, 17, 2))
+    assert set(rows[0]) >= {"loss", "data", "kl_total", "kl", "sparsity", "target_sparsity"}
+    assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_resume_reaches_the_same_result(tmp_path):
+    full = make_trainer(tmp_path / "full")
+    full.run()
+    part = make_trainer(tmp_path / "part")
+    for _ in range(9):  # "crash" after step 9: the last checkpoint is step 8
+        part.step()
+        if part.state.step % 4 == 0:
+            part.save()
+    resumed = make_trainer(tmp_path / "part")
+    resumed.run(resume=True)
+    assert resumed.state.step == full.state.step
+    assert_same_state(full, resumed)
+    rows = [json.loads(line)["step"] for line in open(tmp_path / "part" / "log.jsonl")]
+    assert rows == sorted(set(rows))
+
+
+def test_resume_after_kill_minus_nine(tmp_path):
+    out = tmp_path / "killed"
+    script = os.path.join(HERE, "trainer_worker.py")
+    proc = subprocess.Popen([sys.executable, script, str(out), "slow"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = load_checkpoint(ckpt)["step"]
+    assert 4 <= step < 16
+    resumed = make_trainer(out)
+    resumed.run(resume=True)
+    full = make_trainer(tmp_path / "full")
+    full.run()
+    assert_same_state(full, resumed)
+
+
+def test_nan_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path)
+    bad_x = trainer.data.x.clone()
+    trainer.data = TensorData(bad_x, trainer.data.y)
+    steps = []
+    original = trainer.data.get
+
+    def poisoned(idx):
+        steps.append(trainer.state.step)
+        x, y = original(idx)
+        if trainer.state.step == 6:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return x, y
+
+    trainer.data.get = poisoned
+    with pytest.raises(NonFiniteLossError, match="step 6"):
+        trainer.run()
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["guide"].values() if v.is_floating_point())
+
+
+def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    trainer = make_trainer(tmp_path)
+    with pytest.raises(CheckpointError, match="without --resume"):
+        trainer.run(resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        make_trainer(tmp_path).run(resume=True)
