@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Fashion-MNIST ships as a Debian package; install it when we can, else the code falls back with a message.
+# Debian packages: Fashion-MNIST (the data) and Chromium (renders reports in a test). Installed when we
+# can; otherwise the code falls back to scikit-learn digits with a message and the browser test is skipped.
+DEBS := dataset-fashion-mnist chromium
 data:
-	@if [ -d /usr/share/datasets/fashion-mnist ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
-	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST (falling back to scikit-learn digits)"; fi
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "warning: could not install$$missing"; \
+	else echo "note: run 'sudo apt-get install$$missing' (Fashion-MNIST falls back to scikit-learn digits)"; fi
 
 demo: $(STAMP) data
 	$(BIN)/sqs-pyro

@@ -324,7 +324,8 @@ def prior_sensitivity(model=None, guide=None, *, tree=None, data=None, alphas=DE
 
     def sense(group):
         try:
-            ds = arviz_stats.psense(small, group=group, sample_dims=["sample"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ds = arviz_stats.psense(small, group=group, sample_dims=["sample"])
         except (ValueError, FloatingPointError) as e:  # degenerate weights (e.g. a constant log prior)
             return {"error": str(e)}
         return {s: dict(zip(layers, np.asarray(ds[s].values, dtype=float).tolist())) for s in _SUMMARIES}

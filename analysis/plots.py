@@ -349,10 +349,15 @@ def plot_elbo_trace(log, *, per_example=True, path=None):
     if per_example and rows[-1].get("loss_per_example"):
         n = rows[-1]["loss"] / rows[-1]["loss_per_example"]
     unit = " per example" if n != 1.0 else ""
+    # the KL weight beta is not logged: loss = -(data - beta * KL) gives it back
+    betas = [(r["loss"] + r["data"]) / r["kl_total"] for r in rows if r.get("kl_total")]
+    beta = float(np.median(betas)) if betas else 1.0
+    beta = 1.0 if abs(beta - 1.0) < 1e-3 else beta
     fig, axes = _figure(3, 1, width=8, height=8, sharex=True)
     ax = axes[0, 0]
     ax.plot(step, [-r["data"] / n for r in rows], color=_C["data"], label="−data term (−E log p(D|θ))")
-    ax.plot(step, [r["kl_total"] / n for r in rows], color=_C["kl"], label="KL (Jensen bound)")
+    kl_label = "KL (Jensen bound)" if beta == 1.0 else f"β·KL (Jensen bound), β = {beta:.3g}"
+    ax.plot(step, [beta * r["kl_total"] / n for r in rows], color=_C["kl"], label=kl_label)
     ax.plot(step, [r["loss"] / n for r in rows], color=_C["loss"], lw=1.6, label="−ELBO (loss)")
     ax.set_ylabel("nats" + unit, fontsize=8)
     ax.set_title("negative ELBO = −data + β·KL", fontsize=9)
@@ -363,7 +368,7 @@ def plot_elbo_trace(log, *, per_example=True, path=None):
         ax.plot(step, [max(r["kl"].get(name, np.nan) / n, 1e-12) for r in rows], lw=1, label=name)
     ax.set_yscale("log")
     ax.set_ylabel("KL" + unit, fontsize=8)
-    ax.set_title("KL per layer", fontsize=9)
+    ax.set_title("KL per layer" + ("" if beta == 1.0 else " (before the weight β)"), fontsize=9)
     if len(sites) <= 12:
         ax.legend(fontsize=6, ncol=2)
     ax = axes[2, 0]

@@ -36,6 +36,7 @@ Example::
 """
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import pyro
@@ -187,6 +188,13 @@ def eval_mode(net):
         net.train(was_training)
 
 
+def _accepts(fn, name):
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.no_grad()
 def pointwise_log_likelihood(model, weights, x, y):
     """
@@ -196,7 +204,10 @@ def pointwise_log_likelihood(model, weights, x, y):
     """
     with eval_mode(model.net):
         output = model.run_net(weights, x)
+    kwargs = {}
+    if isinstance(x, dict) and x.get("attention_mask") is not None and _accepts(model.likelihood, "attention_mask"):
+        kwargs["attention_mask"] = x["attention_mask"]
     with pyro.poutine.block():
-        trace = pyro.poutine.trace(model.likelihood).get_trace(output, y)
+        trace = pyro.poutine.trace(model.likelihood).get_trace(output, y, **kwargs)
     site = trace.nodes["obs"]
     return site["fn"].log_prob(site["value"]).reshape(-1)

@@ -59,11 +59,8 @@ Example::
 import math
 
 import numpy as np
-import torch
 
-from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_log_likelihood
-
-__all__ = ["DEFAULT_QUANTILES", "layer_summary", "to_datatree"]
+__all__ = ["DEFAULT_QUANTILES", "build_datatree", "layer_summary", "to_datatree"]
 
 #: Gate-probability quantiles stored in the ``variational`` group.
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -76,13 +73,21 @@ def _padded(rows, width, fill=np.nan):
     return out
 
 
-@torch.no_grad()
 def layer_summary(model, guide, quantiles=DEFAULT_QUANTILES, tau=None):
     """
     Deterministic per-layer summaries of the fitted ``q`` (the ``variational``
     group of :func:`to_datatree`), as ``(data, coords, dims)`` for
     :func:`arviz_base.dict_to_dataset`.
     """
+    import torch
+
+    with torch.no_grad():
+        return _layer_summary(model, guide, quantiles, tau)
+
+
+def _layer_summary(model, guide, quantiles, tau):
+    import torch
+
     names = list(model.sites)
     max_g = max(guide.params_of(n).locs.shape[0] for n in names)
     max_k = max(guide.params_of(n).locs.shape[1] for n in names)
@@ -128,6 +133,8 @@ def layer_summary(model, guide, quantiles=DEFAULT_QUANTILES, tau=None):
 
 def _subset(model, weights_per_layer, generator):
     """``name -> flat indices`` of the weights kept in ``theta`` (sorted), and their labels."""
+    import torch
+
     index, labels, layers = {}, [], []
     for name, site in model.sites.items():
         n = site.anchor.numel()
@@ -143,6 +150,8 @@ def _subset(model, weights_per_layer, generator):
 
 def _entropy_bits(codes, numel):
     """Empirical entropy (bits per weight) of a draw's mask and nonzero codes."""
+    import torch
+
     nnz = codes.numel()
     bits = 0.0
     for count, total in ((nnz, numel), (numel - nnz, numel)):
@@ -155,7 +164,25 @@ def _entropy_bits(codes, numel):
     return bits / numel
 
 
-@torch.no_grad()
+def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None):
+    """
+    Assemble the DataTree from plain arrays (no torch): ``groups`` for
+    :func:`arviz_base.from_dict` with ``sample_dims=["sample"]``, ``variational``
+    a ``(data, coords, dims)`` triple for the group without draws, and
+    ``weight_layer`` the layer of each ``theta`` weight (a non-index coordinate).
+    """
+    from arviz_base import dict_to_dataset, from_dict
+
+    attrs = {"/": {"inference": "variational (SQS guide)", "draws": "exact draws from the SparseGMM posterior",
+                   "inference_library": "pyro", "density_measure": "delta_0 + Lebesgue"}}
+    dt = from_dict(groups, sample_dims=["sample"], dims=dims, coords=coords, name=name, attrs=attrs)
+    dt["posterior"] = dt["posterior"].to_dataset().assign_coords(weight_layer=("weight", list(weight_layer)))
+    v_data, v_coords, v_dims = variational
+    dt["variational"] = dict_to_dataset(v_data, coords=v_coords, dims=v_dims, sample_dims=[],
+                                        attrs={"description": "parameters and summaries of the fitted q (no draws)"})
+    return dt
+
+
 def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, seed=0, tau=None,
                 quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None):
     """
@@ -168,12 +195,34 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
     :param int weights_per_layer: weights per layer kept in ``posterior/theta``
         (a random subset, the same positions in every draw).
     :param tuple data: optional ``(x, y)`` batch for the ``log_likelihood``
-        group (evaluated in chunks of ``batch_size``).
+        group (evaluated in chunks of ``batch_size``); ``x`` may be a dict of
+        tensors (transformers inputs, whose ``attention_mask`` then reaches a
+        likelihood that takes one, e.g. :class:`~sqs_pyro.models.CausalLM`).
     :param int seed: seeds the subset and the draws.
     :param float tau: temperature of ``phi`` (the guide's own ``tau`` if None).
     :rtype: xarray.DataTree
     """
-    from arviz_base import dict_to_dataset, from_dict
+    import torch
+
+    with torch.no_grad():
+        groups, dims, coords, weight_layer = _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau,
+                                                          batch_size)
+    variational = layer_summary(model, guide, quantiles, tau)
+    return build_datatree(groups, dims=dims, coords=coords, variational=variational, weight_layer=weight_layer,
+                          name=name)
+
+
+def _rows(x, start, size):
+    """Rows ``start : start + size`` of a tensor or of every tensor in a dict (transformers inputs)."""
+    if isinstance(x, dict):
+        return {k: v[start : start + size] for k, v in x.items()}
+    return x[start : start + size]
+
+
+def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, batch_size):
+    import torch
+
+    from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_log_likelihood
 
     names = list(model.sites)
     if not names:
@@ -209,7 +258,7 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
         usage.append(_padded(u_row, max_k))
         if data is not None:
             x, y = data
-            chunks = [pointwise_log_likelihood(model, draw.weights, x[i : i + batch_size], y[i : i + batch_size])
+            chunks = [pointwise_log_likelihood(model, draw.weights, _rows(x, i, batch_size), y[i : i + batch_size])
                       for i in range(0, len(y), batch_size)]
             row = torch.cat(chunks).double().cpu()
             ll.append(row.numpy())
@@ -233,15 +282,8 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
         groups["log_likelihood"] = {"obs": np.stack(ll)}
         groups["sample_stats"]["log_likelihood"] = np.asarray(ll_tot)
         y = data[1]
-        groups["observed_data"] = {"obs": y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)}
-        if groups["observed_data"]["obs"].ndim > 1:
-            dims["obs"] = ["obs_id"] + [f"obs_dim_{i}" for i in range(1, groups["observed_data"]["obs"].ndim)]
-    attrs = {"/": {"inference": "variational (SQS guide)", "draws": "exact draws from the SparseGMM posterior",
-                   "inference_library": "pyro", "density_measure": "delta_0 + Lebesgue"}}
-    dt = from_dict(groups, sample_dims=["sample"], dims=dims, coords=coords, name=name, attrs=attrs)
-    posterior = dt["posterior"].to_dataset().assign_coords(weight_layer=("weight", weight_layer))
-    dt["posterior"] = posterior
-    v_data, v_coords, v_dims = layer_summary(model, guide, quantiles, tau)
-    dt["variational"] = dict_to_dataset(v_data, coords=v_coords, dims=v_dims, sample_dims=[],
-                                        attrs={"description": "parameters and summaries of the fitted q (no draws)"})
-    return dt
+        obs = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+        groups["observed_data"] = {"obs": obs}
+        if obs.ndim > 1:
+            dims["obs"] = ["obs_id"] + [f"obs_dim_{i}" for i in range(1, obs.ndim)]
+    return groups, dims, coords, weight_layer

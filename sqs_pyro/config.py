@@ -39,17 +39,27 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "small-cnn"
-    base_epochs: int = 3
+    base_epochs: int = 2
     base_lr: float = 3e-3
     base_checkpoint: Optional[str] = None
 
 
 @dataclass
 class CompressConfig:
-    epochs: float = 2.0
+    """
+    The SVI run. ``kl_weight`` is the beta multiplying the KL (1 = the proper
+    ELBO). Its run default is 1e-3, a tempered posterior: with beta = 1 the KL
+    of ~0.4M weights (about 5 nats each) swamps the likelihood of 60k images and
+    every gate closes (measured: 99.97% sparsity, chance accuracy on
+    Fashion-MNIST), so the cubic schedule, not the KL, must set the sparsity.
+    The paper's research code also weights the KL differently from the proper
+    ELBO (method.md §8).
+    """
+
+    epochs: float = 1.0
     lr: float = 1e-3
     gate_lr: float = 1e-2
-    kl_weight: float = 1.0
+    kl_weight: float = 1e-3
     plug_in: str = "mean"
     pruning: str = "cubic"
     sparsity: float = 0.5
