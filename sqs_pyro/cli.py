@@ -15,6 +15,7 @@ Example::
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ import sys
 from .config import RunConfig
 
 SUBCOMMANDS = ("run", "train-base", "compress", "evaluate", "export", "baselines")
+PLUGINS = ("sqs_pyro.analysis.cli",)
 
 
 def _common(p):
@@ -38,6 +40,7 @@ def _common(p):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-baselines", action="store_true", help="the main job without the baselines")
 
 
 def build_parser():
@@ -53,6 +56,8 @@ def build_parser():
     }
     for name in SUBCOMMANDS:
         _common(sub.add_parser(name, help=helps[name]))
+    for module in PLUGINS:  # subcommands with their own flags: report, plot, consistency
+        importlib.import_module(module).add_parser(sub)
     _common(parser)
     return parser
 
@@ -87,6 +92,8 @@ def load_config(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     command = args.command or "run"
     if args.threads:
         import torch
@@ -108,7 +115,7 @@ def _dispatch(command, cfg, args):
 
     progress = not args.no_progress
     if command == "run":
-        results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress)
+        results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress, baselines=not args.no_baselines)
         print(pipeline.format_table(results))
         return 0
     from .distributed import is_main_process
@@ -130,7 +137,7 @@ def _dispatch(command, cfg, args):
     if command == "baselines":
         from .baselines import run_baselines
 
-        table = run_baselines(cfg, net, base_acc, train, test, info, device, progress=progress)
+        _, table = run_baselines(cfg, net, base_acc, train, test, info, device, progress=progress)
         print(table)
         return 0
     model, guide = pipeline.load_compressed_run(cfg, net, len(train), device)

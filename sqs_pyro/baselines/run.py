@@ -61,11 +61,13 @@ NOTES = {
     "dgms": "GMM with a component pinned at 0 (K nonzero components + the zero one), no gate, soft weights "
     "sum_k phi_k mu_k, task loss only (SQSELBO with kl_weight=0), Adam at the SQS lr for the SQS budget; zero "
     "component initialized on the target fraction of smallest-magnitude weights; argmax export.",
-    "sqs-gaussian": "the SQS run with prior N(0, sigma_0^2) (spike=False), same schedule and budget.",
-    "sqs": "spike-and-slab prior, SQS guide, {pruning} pruning schedule; greedy MAP export, Bayesian averaging "
+    "sqs-gaussian": "prior N(0, sigma_0^2) (spike=False), otherwise the SQS run:",
+    "sqs": "spike-and-slab prior,",
+    "sqs-common": " SQS guide, {pruning} pruning schedule, kl_weight {kl:g}; greedy MAP export, Bayesian averaging "
     "over {m} networks in brackets.",
 }
 
+SPARSITY_TOLERANCE = 0.05  # rows whose achieved sparsity is further from the target get a warning
 DEFAULT_RESULTS_DIR = os.path.join("benchmarks", "results")
 CAVEAT = ("Fashion-MNIST substitutes for the paper's benchmarks (CIFAR, GLUE, SQuAD are not available offline); "
           "these are not the paper's numbers.")
@@ -216,11 +218,13 @@ class _Run:
 
     def _sqs_row(self, method, model, guide, metrics, t0):
         compressed, net = sqs_compressed(model, guide, self.dtype)
-        notes = NOTES["sqs"].format(pruning=self.cfg.compress.pruning, m=self.cfg.eval.num_samples)
-        if method == "sqs-gaussian":
-            notes = NOTES["sqs-gaussian"] + " " + notes
+        notes = NOTES[method] + self._sqs_common()
         return self.export(method, net, compressed, t0, bma_accuracy=metrics["bma_accuracy"],
                            greedy_accuracy=metrics["greedy_accuracy"], notes=notes)
+
+    def _sqs_common(self):
+        c = self.cfg
+        return NOTES["sqs-common"].format(pruning=c.compress.pruning, kl=c.compress.kl_weight, m=c.eval.num_samples)
 
     def sqs_gaussian(self):
         return self._sqs("sqs-gaussian", gaussian_prior_config(self.cfg, self.prior))
@@ -232,7 +236,7 @@ class _Run:
             return dict(sqs_result)
         if isinstance(sqs_result, dict):
             row = row_from_pipeline(sqs_result, self.k, self.sparsity)
-            row["notes"] = NOTES["sqs"].format(pruning=self.cfg.compress.pruning, m=self.cfg.eval.num_samples)
+            row["notes"] = NOTES["sqs"] + self._sqs_common()
             return row
         if isinstance(sqs_result, (tuple, list)) and len(sqs_result) == 2:
             from sqs_pyro.pipeline import evaluate_posterior
@@ -288,6 +292,9 @@ def run_baselines(cfg, net, base_acc, train, test, info, device, progress=True, 
             torch.manual_seed(cfg.seed)
             pyro.set_rng_seed(cfg.seed)
             row = runners[method]()
+        if row.get("sparsity") is not None and abs(row["sparsity"] - run.sparsity) > SPARSITY_TOLERANCE:
+            row["warning"] = (f"achieved sparsity {row['sparsity']:.1%} is not the target {run.sparsity:.1%}: "
+                              "not a like-for-like comparison")
         rows.append(row)
         if progress:
             tqdm.write(f"{row['label']}: accuracy {row['accuracy']:.4f}, sparsity {row['sparsity']:.3f}, "

@@ -96,6 +96,8 @@ def to_markdown(result):
         "",
     ]
     notes = [f"- **{row.get('label') or row['method']}**: {row['notes']}" for row in result["rows"] if row.get("notes")]
+    notes += [f"- **warning, {row.get('label') or row['method']}**: {row['warning']}" for row in result["rows"]
+              if row.get("warning")]
     timing = [f"{row.get('label') or row['method']} {row['seconds']:.0f} s" for row in result["rows"]
               if row.get("seconds") is not None]
     tail = notes + ([f"- seconds: {'; '.join(timing)}"] if timing else [])

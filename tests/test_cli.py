@@ -1,0 +1,68 @@
+import json
+import tomllib
+
+import pytest
+
+from sqs_pyro.cli import build_parser, load_config, main
+from sqs_pyro.config import RunConfig
+
+
+def _cfg(argv):
+    return load_config(build_parser().parse_args(argv))
+
+
+def test_flags_and_overrides_make_the_effective_config():
+    cfg = _cfg(["compress", "--out", "runs/x", "-K", "8", "--sparsity", "0.75", "--set", "compress.lr=0.01"])
+    assert cfg.out_dir == "runs/x"
+    assert cfg.compress.sparsity == 0.75 and cfg.compress.lr == 0.01
+    assert cfg.prior["_default"]["num_components"] == 8
+    assert cfg.prior["classifier.4"] in (None, "dense")  # the small CNN's output layer stays dense
+
+
+def test_resnet_default_prior_compresses_every_conv():
+    assert _cfg(["--model", "resnet18"]).prior == {"type:Conv2d": {"num_components": 16}}
+
+
+def test_config_file_round_trip(tmp_path):
+    cfg = _cfg(["--smoke", "--out", str(tmp_path / "run")])
+    path = tmp_path / "cfg.toml"
+    cfg.save(path)
+    assert RunConfig.from_file(path) == cfg
+    assert tomllib.loads(path.read_text())["prior"]["classifier.4"] == "dense"
+    assert _cfg(["--config", str(path)]) == cfg
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "compress.sparsity=1.5"], "sparsity"),
+        (["--set", "compress.nope=1"], "nope"),
+        (["--set", "prior._default.slab='gauss'"], "slab"),
+        (["--set", "compress.plug_in='median'"], "plug_in"),
+        (["--config", "/does/not/exist.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv, message, capsys):
+    assert main(argv + ["--out", "/tmp/unused"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_toml_file(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[compress\nlr = 1")
+    assert main(["--config", str(path)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_smoke_main_job_end_to_end(tmp_path, capsys):
+    """The README's main command in its --smoke size: base model, SQS, evaluation, export, reload, table."""
+    out = tmp_path / "smoke"
+    assert main(["--smoke", "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "| SQS" in table
+    results = json.loads((out / "results.json").read_text())
+    sqs = results["sqs"]
+    for kind, f in sqs["files"].items():
+        assert f["reloaded_accuracy"] == sqs["greedy_accuracy_rounded_codebook"], kind
+        assert f["bytes"] == (out / f["path"].rsplit("/", 1)[-1]).stat().st_size
+    assert (out / "config.toml").exists() and (out / "log.jsonl").exists()
