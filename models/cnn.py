@@ -26,8 +26,10 @@ class SmallCNN(nn.Module):
     followed by BatchNorm and ReLU; ``channels=(c1, c2, c3)``).
 
     With the default ``channels=(32, 64, 64)`` it has 0.46M parameters and
-    reaches about 91% test accuracy on Fashion-MNIST after 3 epochs of
-    :func:`sqs_pyro.train_base.train_classifier` on a 2-core CPU.
+    reaches 91.1% / 92.4% Fashion-MNIST test accuracy after 2 / 3 epochs of
+    :func:`sqs_pyro.train_base.train_classifier` (lr 3e-3, batch 128, seed 0;
+    about 325 CPU-seconds per epoch with 2 threads).
+    ``channels=(16, 32, 64)`` is 1.4x cheaper and reaches 90.8% / 91.7%.
     Activations after the first convolution are kept channels-last, which
     makes CPU training about 1.4x faster; results do not depend on it.
 

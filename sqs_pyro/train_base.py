@@ -12,7 +12,7 @@ Example::
     >>> _ = torch.manual_seed(0)
     >>> x = torch.randn(256, 4); y = (x[:, 0] > 0).long()
     >>> net = torch.nn.Linear(4, 2)
-    >>> out = train_classifier(net, TensorDataset(x, y), TensorDataset(x, y), epochs=5, lr=0.1, progress=False)
+    >>> out = train_classifier(net, TensorDataset(x, y), TensorDataset(x, y), epochs=5, batch_size=32, lr=0.1, progress=False)
     >>> out["test_accuracy"] > 0.9, len(out["history"])
     (True, 5)
 """
