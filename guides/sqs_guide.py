@@ -19,7 +19,7 @@ Example::
     >>> net = torch.nn.Linear(3, 1)
     >>> model = SQSModel(net, PriorSpec({"_default": {"num_components": 2}}), Gaussian(), num_data=10)
     >>> guide = SQSGuide(model)
-    >>> guide.site_params["weight"].locs.shape
+    >>> guide.params_of("weight").locs.shape
     torch.Size([1, 2])
 """
 

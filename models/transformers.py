@@ -109,7 +109,7 @@ def default_prior_spec(model_or_config, *, include=(), exclude=(), **settings):
         hand, or pass ``include``), bad settings, or a selector both included and excluded.
     """
     model_type = model_type_of(model_or_config)
-    PriorSettings(**settings)  # check the settings now, with the field names in the message
+    PriorSettings.from_dict(settings)  # check the settings now, naming a bad field
     include, exclude = [_selector(s) for s in include], [_selector(s) for s in exclude]
     both = sorted(set(include) & set(exclude))
     if both:

@@ -14,7 +14,9 @@ backward pass. :func:`component_expectations` computes the same
 keeps nothing of size ``weights x K``: ``phi`` is recomputed in the backward
 pass, in chunks of the flattened weights, so that the recomputation too stays
 within a bounded amount of memory (activation checkpointing [1] applied to one
-operation).
+operation). With the small temperatures of SQS, ``phi`` is one-hot to within
+rounding for nearly every weight; those weights are recognized in ``O(1)``
+each and cost no softmax at all (see :func:`component_expectations`).
 
 Example::
 
@@ -47,6 +49,10 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 #: Each chunk materializes about ten temporaries of this size.
 CHUNK_ELEMENTS_CPU = 1 << 18
 CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+
+#: Device types on which :func:`component_expectations` takes the one-hot
+#: shortcut by default.
+ONE_HOT_DEVICES = ("cpu",)
 
 
 def responsibility_logits(anchor, locs, scales, logits):
@@ -102,6 +108,7 @@ class _Codebook:
 
     def __init__(self, index, logits, locs, scales):
         self.index, self.logits, self.locs, self.scales = index, logits, locs, scales
+        self.shared = index is None and all(t.shape[1] == 1 for t in (logits, locs, scales))
         self.per_weight = index is None and (logits.shape[1] > 1 or scales.shape[1] > 1)
         # log pi_k - log sigma_k - log sqrt(2 pi): once per call unless it varies per weight.
         self.offset = None if self.per_weight else self._offset(logits, scales)
@@ -126,18 +133,30 @@ class _Codebook:
         z = (anchor[sel] - mu).div_(sd)
         return z, torch.addcmul(offset, z, z, value=-0.5)
 
+    def rough_log_resp(self, anchor, sel):
+        """
+        ``l`` as :meth:`log_resp`, computed faster for a shared codebook as
+        ``offset - (w / sigma - mu / sigma)**2 / 2`` (a few ulps of ``w / sigma``
+        off, enough to tell one-hot weights).
+        """
+        if not self.shared:
+            return self.log_resp(anchor, sel)[1]
+        inv_sd = self.scales.reciprocal()
+        z = torch.addmm(-self.locs * inv_sd, inv_sd, anchor[sel].unsqueeze(0))
+        return z.square_().mul_(-0.5).add_(self.offset)
+
     def pick(self, v, sel, k):
         """``v[k_i]`` for every weight ``i`` of ``sel``."""
         if self.index is not None:
             return v[k, self.index[sel]]
         if v.shape[1] == 1:
-            return v[:, 0][k]
+            return v[:, 0].index_select(0, k)
         return v[:, sel].gather(0, k.unsqueeze(0)).squeeze(0)
 
     def add_picked(self, grad, sel, k, g):
         """The gradient of :meth:`pick`: ``grad[k_i] += g_i``."""
         if self.index is not None:
-            grad.view(-1).index_add_(0, k * grad.shape[1] + self.index[sel], g)
+            grad.index_put_((k, self.index[sel]), g, accumulate=True)
         elif grad.shape[1] == 1:
             grad[:, 0].index_add_(0, k, g)
         else:
@@ -153,10 +172,25 @@ class _Codebook:
             grad[:, sel] = rows
 
 
+def _floor(dtype):
+    # Softmax entries below exp(floor) = eps**2 of their row's largest are set to
+    # 0: negligible, and it keeps subnormal numbers (slow on CPUs) out of the
+    # products of the backward pass.
+    return 2 * math.log(torch.finfo(dtype).eps)
+
+
+def _softmax(x):
+    # softmax over the components (dim 0), entries below eps**2 relative set to 0.
+    floor = _floor(x.dtype)
+    e = (x - x.amax(0)).clamp_(min=floor - 1).exp_()
+    torch.nn.functional.threshold_(e, math.exp(floor), 0.0)
+    return e.div_(e.sum(0))
+
+
 def _probs(log_resp, tau):
-    # r = softmax(l) and phi = softmax(r / tau) over the components (dim 0).
-    r = torch.softmax(log_resp, 0)
-    return r, torch.softmax(r / tau, 0)
+    # r = softmax(l) and phi = softmax(r / tau).
+    r = _softmax(log_resp)
+    return r, _softmax(r / tau)
 
 
 def _dot(phi, v):
@@ -164,126 +198,240 @@ def _dot(phi, v):
     return v[:, 0] @ phi if v.shape[1] == 1 else torch.linalg.vecdot(phi, v, dim=0)
 
 
-def _top_two(x):
-    # Largest value, its first index, and the gap to the runner-up (0 on ties), over dim 0.
-    top = x.amax(0)
-    is_top = x == top
-    order = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-    k = torch.where(is_top, order, x.shape[0]).amin(0)
-    gap = top - x.masked_fill(is_top, float("-inf")).amax(0)
-    return k, gap.masked_fill_(is_top.sum(0) > 1, 0.0)
+def _one_hot_threshold(tau, dtype):
+    # phi_ij / phi_ik <= exp(-(r_ik - r_ij) / tau): a responsibility gap of
+    # 2 tau log(1 / eps) makes phi one-hot to within eps**2.
+    return 2 * tau * math.log(1 / torch.finfo(dtype).eps)
 
 
-def _split_one_hot(log_resp, tau):
+def _split_one_hot(log_resp, threshold):
     """
-    The most probable component ``k`` of each weight and the (local) indices
-    of the weights whose ``phi`` is *not* one-hot to within ``eps**2``:
-    ``phi_ij / phi_ik <= exp(-(r_ik - r_ij) / tau)``, so a responsibility
-    gap of ``2 tau log(1 / eps)`` suffices. The gap is bounded from the top
-    two log responsibilities first (no exponentials), then computed exactly
-    for the remaining candidates.
+    The most probable component ``k`` of each weight, and the (local) indices
+    of the weights whose ``phi`` may not be one-hot (see
+    :func:`_one_hot_threshold`). With ``s = sum_j exp(l_j - max_j l_j)``,
+    ``r_k = 1 / s`` for the top component and every other ``r_j <= (s - 1) / s``,
+    so their gap is at least ``(2 - s) / s``; ties give ``s >= 2``.
     """
-    num_components = log_resp.shape[0]
-    threshold = 2 * tau * math.log(1 / torch.finfo(log_resp.dtype).eps)
-    k, d = _top_two(log_resp)
-    # r_k - r_j >= (1 - e^-d) / (1 + (K - 1) e^-d) with d the gap of log responsibilities.
-    e = torch.exp(-d)
-    bound = (1 - e) / (1 + (num_components - 1) * e)
-    candidates = (~(bound >= threshold)).nonzero().squeeze(1)
-    if candidates.numel():
-        _, gap = _top_two(torch.softmax(log_resp[:, candidates], 0))
-        candidates = candidates[~(gap >= threshold)]
-    return k, candidates
+    # (in place) clamped as in _softmax; it only makes s larger
+    e = log_resp.sub_(log_resp.amax(0)).clamp_(min=_floor(log_resp.dtype)).exp_()
+    s = e.sum(0)
+    soft = (~(2 - s >= threshold * s)).nonzero().squeeze(1)
+    # exp(l_j - max l) is exactly 1 at the top only, for every weight that is not soft
+    order = torch.arange(log_resp.shape[0], dtype=e.dtype, device=e.device)
+    k = (order @ e.floor_()).clamp_(0, log_resp.shape[0] - 1)
+    return k, soft
 
 
 def _code_dtype(num_components):
     return torch.uint8 if num_components <= 256 else torch.int32
 
 
+#: The value range of each group's anchors is cut into this many cells, and the
+#: cells that cannot be certified into ``_REFINE`` finer ones each.
+_CELLS, _REFINE = 256, 64
+
+
+def _certify(a, b, c, left, right, threshold):
+    """
+    For cells ``[left, right]`` (shape ``(G, M)``) and log responsibilities
+    ``l_k(w) = a_k + b_k w + c_k w**2`` (``a, b, c`` of shape ``(G, 1, K)``),
+    the component ``k`` on which ``phi`` is one-hot (see
+    :func:`_split_one_hot`) for *every* ``w`` of the cell, else ``-1``:
+    ``sum_j exp(l_j - l_k) <= 2 / (1 + threshold) - 1`` is checked with each
+    ``l_j - l_k`` (a quadratic) replaced by its maximum over the cell.
+    """
+    mid = ((left + right) / 2).unsqueeze(-1)
+    k = (a + mid * (b + mid * c)).argmax(-1, keepdim=True)
+    a, b, c = (t - t.expand(k.shape[:-1] + t.shape[-1:]).gather(-1, k) for t in (a, b, c))
+    left, right = left.unsqueeze(-1), right.unsqueeze(-1)
+    top = torch.maximum(a + left * (b + left * c), a + right * (b + right * c))
+    vertex = -b / (2 * c)
+    inside = (c < 0) & (vertex > left) & (vertex < right)
+    top = torch.where(inside, torch.maximum(top, a + vertex * (b + vertex * c)), top)
+    top.scatter_(-1, k, float("-inf"))
+    certified = torch.logsumexp(top, -1) <= math.log((1 - threshold) / (1 + threshold)) - 1e-9
+    return torch.where(certified, k.squeeze(-1), -1)
+
+
+class _Cells:
+    """
+    The one-hot components of a codebook as a function of the anchor value:
+    a grid of ``_CELLS * _REFINE`` cells over each group's range of anchors,
+    each with the component on which ``phi`` is one-hot throughout the cell
+    or ``-1`` (uncertain). A weight's code is then a lookup, ``O(1)`` instead
+    of ``O(K)``; only the weights in uncertain cells are examined one by one.
+    """
+
+    def __init__(self, book, anchor, threshold):
+        index = book.index
+        if index is None:
+            lo, hi = anchor.aminmax()
+            lo, hi = lo.reshape(1), hi.reshape(1)
+        else:
+            groups = book.locs.shape[1]
+            lo = anchor.new_full((groups,), float("inf")).scatter_reduce_(0, index, anchor, "amin")
+            hi = anchor.new_full((groups,), float("-inf")).scatter_reduce_(0, index, anchor, "amax")
+            empty = lo > hi
+            lo, hi = lo.masked_fill(empty, 0.0), hi.masked_fill(empty, 0.0)
+        self.valid = bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
+        if not self.valid:
+            return
+        cells = _CELLS * _REFINE
+        self.lo, self.scale = lo, cells / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        # quadratic coefficients of l_k(w), groups first, in float64
+        f64 = lambda t: t.to(torch.float64).t().unsqueeze(1)  # noqa: E731
+        mu, sd, offset = f64(book.locs), f64(book.scales), f64(book.offset)
+        a, b, c = offset - mu * mu / (2 * sd * sd), mu / (sd * sd), -0.5 / (sd * sd)
+        width = 1 / self.scale.to(torch.float64).unsqueeze(1)  # of a fine cell, (G, 1)
+        lo64, margin = lo.to(torch.float64).unsqueeze(1), 0.01 * width  # margin: rounding of the lookup
+        coarse = torch.arange(_CELLS, dtype=torch.float64, device=anchor.device) * _REFINE
+        labels = _certify(a, b, c, lo64 + coarse * width - margin, lo64 + (coarse + _REFINE) * width + margin, threshold)
+        labels = labels.repeat_interleave(_REFINE, dim=1)
+        g, cell = (labels[:, ::_REFINE] < 0).nonzero(as_tuple=True)
+        if g.numel():
+            fine = cell.unsqueeze(1) * _REFINE + torch.arange(_REFINE, device=anchor.device)
+            edge = lo64[g] + fine * width[g]
+            g3 = g.unsqueeze(1).expand_as(fine)
+            labels[g3, fine] = _certify(a[g], b[g], c[g], edge - margin[g], edge + width[g] + margin[g], threshold)
+        self.labels = labels.reshape(-1)
+
+    def lookup(self, anchor, sel, index):
+        """Codes of the weights ``sel`` (-1 where uncertain)."""
+        w = anchor[sel]
+        if index is None:
+            pos = (w - self.lo).mul_(self.scale)
+            offset = 0
+        else:
+            g = index[sel]
+            pos = (w - self.lo[g]).mul_(self.scale[g])
+            offset = g * (_CELLS * _REFINE)
+        cell = pos.floor_().clamp_(0, _CELLS * _REFINE - 1).long()
+        return self.labels[cell + offset]
+
+
+def _one_hot_codes(book, anchor, chunk, threshold, cache):
+    """
+    Component codes of all weights (one byte each) and the indices of the
+    weights that are not one-hot, reused from ``cache`` while anchor and
+    codebook are unchanged (the mean and the KL of one step share them).
+    """
+    key = tuple((t.data_ptr(), t._version) for t in (anchor, book.logits, book.locs, book.scales)) + (threshold,)
+    if cache is not None and cache.get("key") == key:
+        return cache["codes"], cache["soft"]
+    codes = torch.empty(anchor.numel(), dtype=_code_dtype(book.locs.shape[0]), device=anchor.device)
+    chunks = _chunks(anchor.numel(), chunk)
+    cells = _Cells(book, anchor, threshold) if book.shared or book.index is not None else None
+    if cells is not None and cells.valid:
+        # most weights fall in certified cells; look at the others one by one
+        uncertain = []
+        for sel in _chunks(anchor.numel(), chunk * book.locs.shape[0]):
+            labels = cells.lookup(anchor, sel, book.index)
+            codes[sel] = labels.clamp(min=0).to(codes.dtype)
+            uncertain.append((labels < 0).nonzero().squeeze(1) + sel.start)
+        chunks = torch.split(torch.cat(uncertain), chunk)
+    soft = []
+    for sel in chunks:
+        k, local = _split_one_hot(book.rough_log_resp(anchor, sel), threshold)
+        codes[sel] = k.to(codes.dtype)
+        soft.append(local + sel.start if isinstance(sel, slice) else sel[local])
+    soft = torch.cat(soft) if soft else torch.zeros(0, dtype=torch.long, device=anchor.device)
+    if cache is not None:
+        cache.update(key=key, codes=codes, soft=soft)
+    return codes, soft
+
+
+def _chunks(n, chunk):
+    return [slice(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
 class _ComponentExpectations(torch.autograd.Function):
-    """``(sum_k phi_ik v_k for v in values)``, recomputing ``phi`` in backward."""
+    """``gate * sum_k phi_ik v_k`` for each of ``values``, recomputing ``phi`` in backward."""
 
     @staticmethod
-    def forward(ctx, index, tau, chunk, one_hot, anchor, logits, locs, scales, *values):
+    def forward(ctx, index, tau, chunk, one_hot, cache, anchor, gate, logits, locs, scales, *values):
         book = _Codebook(index, logits, locs, scales)
         n = anchor.numel()
         outs = [anchor.new_empty(n) for _ in values]
-        codes, soft = None, []
-        if one_hot:
-            codes = torch.empty(n, dtype=_code_dtype(locs.shape[0]), device=anchor.device)
-        for lo in range(0, n, chunk):
-            sel = slice(lo, min(lo + chunk, n))
-            _, log_resp = book.log_resp(anchor, sel)
-            if one_hot:
-                # weights with a one-hot phi take their component's values ...
-                k, local = _split_one_hot(log_resp, tau)
-                codes[sel] = k
+        chunks = _chunks(n, chunk)
+        threshold = _one_hot_threshold(tau, anchor.dtype)
+        codes = soft = None
+        if one_hot and threshold < 1:
+            # weights with a one-hot phi take their component's values ...
+            codes, soft = _one_hot_codes(book, anchor, chunk, threshold, cache)
+            for sel in _chunks(n, chunk * locs.shape[0]):
+                k = codes[sel].long()
                 for out, v in zip(outs, values):
                     out[sel] = book.pick(v, sel, k)
-                # ... the others, all of phi
-                sel, log_resp = local + lo, log_resp[:, local]
-                soft.append(sel)
-            _, phi = _probs(log_resp, tau)
+            # ... the others need all of phi
+            chunks = torch.split(soft, chunk)
+        for sel in chunks:
+            _, phi = _probs(book.log_resp(anchor, sel)[1], tau)
             for out, v in zip(outs, values):
                 out[sel] = _dot(phi, book.rows(v, sel))
-        soft = torch.cat(soft) if one_hot else None
+        if gate is not None:
+            for out in outs:
+                out.mul_(gate)
         ctx.tau, ctx.chunk = tau, chunk
-        ctx.save_for_backward(index, anchor, logits, locs, scales, codes, soft, *values)
+        ctx.save_for_backward(index, anchor, gate, logits, locs, scales, codes, soft, *values)
         return tuple(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        index, anchor, logits, locs, scales, codes, soft, *values = ctx.saved_tensors
-        tau, chunk = ctx.tau, ctx.chunk
+        index, anchor, gate, logits, locs, scales, codes, soft, *values = ctx.saved_tensors
+        tau, chunk, need = ctx.tau, ctx.chunk, ctx.needs_input_grad
         book = _Codebook(index, logits, locs, scales)
         n = anchor.numel()
-        grad_anchor = torch.zeros_like(anchor) if ctx.needs_input_grad[4] else None
-        grad_offset = torch.zeros_like(logits)
+        grad_anchor = torch.zeros_like(anchor) if need[5] else None
+        grad_gate = torch.zeros_like(gate) if gate is not None and need[6] else None
+        grad_log_pi = torch.zeros_like(logits)
         grad_locs, grad_scales = torch.zeros_like(locs), torch.zeros_like(scales)
-        grad_values = [torch.zeros_like(v) if ctx.needs_input_grad[8 + j] else None for j, v in enumerate(values)]
-        if soft is None:
-            selections = [slice(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
-        else:
-            # one-hot weights: d out_i / d v_k = [k == k_i], nothing flows to phi
-            for g, gv in zip(grads, grad_values):
-                if gv is not None:
-                    g = g.index_fill(0, soft, 0.0)
-                    for lo in range(0, n, chunk):
-                        sel = slice(lo, min(lo + chunk, n))
-                        book.add_picked(gv, sel, codes[sel].long(), g[sel])
-            selections = torch.split(soft, chunk)
-        for sel in selections:
+        grad_values = [torch.zeros_like(v) if need[10 + j] else None for j, v in enumerate(values)]
+        # gradients with respect to the ungated expectations
+        inner = grads if gate is None else [g * gate for g in grads]
+        chunks = _chunks(n, chunk)
+        if soft is not None:
+            # one-hot weights: out_i = v[k_i], so d out_i / d v_k = [k == k_i] and nothing flows to phi
+            hard = [g.index_fill(0, soft, 0.0) for g in inner]
+            for sel in _chunks(n, chunk * locs.shape[0]):
+                k = codes[sel].long()
+                for g, h, v, gv in zip(grads, hard, values, grad_values):
+                    if gv is not None:
+                        book.add_picked(gv, sel, k, h[sel])
+                    if grad_gate is not None:
+                        grad_gate[sel] += g[sel] * book.pick(v, sel, k)
+            chunks = torch.split(soft, chunk)
+        for sel in chunks:
             z, log_resp = book.log_resp(anchor, sel)
             r, phi = _probs(log_resp, tau)
             # d loss / d phi_ik = sum_v g_vi v_k; through phi = softmax(r / tau):
             # u_ik = phi_ik sum_v g_vi (v_k - out_vi) / tau.
             u = 0.0
-            for g, v, gv in zip(grads, values, grad_values):
-                g, v = g[sel], book.rows(v, sel)
+            if grad_gate is not None:
+                grad_gate[sel] = 0.0
+            for g, gi, v, gv in zip(grads, inner, values, grad_values):
+                gi, v = gi[sel], book.rows(v, sel)
                 if gv is not None:
-                    book.accumulate(gv, phi * g, sel)
-                u = (v - _dot(phi, v)).mul_(g / tau).add_(u)
+                    book.accumulate(gv, phi * gi, sel)
+                out = _dot(phi, v)
+                if grad_gate is not None:
+                    grad_gate[sel] += g[sel] * out
+                u = (v - out).mul_(gi / tau).add_(u)
             u.mul_(phi)
             # through r = softmax(l): t_ik = r_ik (u_ik - sum_j r_ij u_ij)
             t = u.sub_((r * u).sum(0)).mul_(r)
-            # l_ik = offset_k - z_ik^2 / 2, z_ik = (w_i - mu_k) / sigma_k
+            # l_ik = log pi_k - log sigma_k - z_ik^2 / 2 + const, z_ik = (w_i - mu_k) / sigma_k
             inv_sd = book.rows(scales, sel).reciprocal()
-            book.accumulate(grad_offset, t, sel)
+            book.accumulate(grad_log_pi, t, sel)
             tz = (t * z).mul_(inv_sd)
             if grad_anchor is not None:
                 grad_anchor[sel] = -tz.sum(0)
             book.accumulate(grad_locs, tz, sel)
-            # d l / d sigma_k = z^2 / sigma_k (through z), the offset's -1 / sigma_k below
-            book.accumulate(grad_scales, tz.mul_(z), sel)
-        # through offset = log_softmax(logits) - log(scales) - const
-        grad_logits = grad_offset - torch.softmax(logits, 0) * grad_offset.sum(0, keepdim=True)
-        grad_scales.sub_(_sum_to(grad_offset, scales.shape) / scales)
-        return (None, None, None, None, grad_anchor, grad_logits, grad_locs, grad_scales, *grad_values)
-
-
-def _sum_to(t, shape):
-    return t if t.shape == shape else t.sum_to_size(shape)
+            # d l / d sigma_k = (z^2 - 1) / sigma_k
+            book.accumulate(grad_scales, tz.mul_(z).sub_(t.mul_(inv_sd)), sel)
+        # through log_pi = log_softmax(logits)
+        grad_logits = grad_log_pi.sub_(torch.softmax(logits, 0) * grad_log_pi.sum(0, keepdim=True))
+        return (None, None, None, None, None, grad_anchor, grad_gate, grad_logits, grad_locs, grad_scales, *grad_values)
 
 
 def _layout(t, shape, num_components):
@@ -300,7 +448,8 @@ def _default_chunk(anchor, num_components):
 
 
 def component_expectations(
-    anchor, locs, scales, logits, tau, *values, group_index=None, chunk_size=None, one_hot=None, fused=True
+    anchor, locs, scales, logits, tau, *values, gate=None, group_index=None, chunk_size=None, one_hot=None,
+    cache=None, fused=True,
 ):
     r"""
     ``phi``-weighted sums of per-component values, without storing ``phi``:
@@ -318,18 +467,23 @@ def component_expectations(
 
     The fused version (default) is a custom autograd function: nothing of
     size ``weights x K`` is kept for backward; ``phi`` is recomputed there,
-    ``chunk_size`` weights at a time. Gradients flow to ``anchor``, ``locs``,
-    ``scales``, ``logits`` and ``values``; they equal those of the plain
-    version (``fused=False``, built from :func:`component_probs`) up to
+    ``chunk_size`` weights at a time. Gradients flow to ``anchor``, ``gate``,
+    ``locs``, ``scales``, ``logits`` and ``values``; they equal those of the
+    plain version (``fused=False``, built from :func:`component_probs`) up to
     rounding. It is differentiable once (no double backward).
 
     With ``one_hot`` (the default on CPUs), weights whose ``phi`` is one-hot
-    to within ``eps**2`` (``eps`` of the dtype; with a small ``tau`` nearly
-    all of them) are recognized from their two largest log responsibilities:
-    they take their component's values without any softmax, keep one byte
-    (the component) for backward, and pass no gradient through ``phi`` (it
-    is below ``eps**2`` relative); only the other weights are recomputed in
-    backward.
+    to within ``eps**2`` (``eps`` of the dtype; with the usual small ``tau``
+    nearly all of them) take their component's values without any softmax,
+    keep one byte (the component) for backward, and pass no gradient through
+    ``phi`` (it is below ``eps**2`` relative); only the other weights are
+    recomputed in backward. For a codebook per layer or per group, these
+    weights are found without ``O(K)`` work each: the range of the anchors is
+    cut into cells, and a cell is certified one-hot on a component when a
+    bound on the other components' responsibilities (quadratics in ``w``)
+    holds over the whole cell; the weights of uncertain cells are examined
+    one by one. The shortcut uses data-dependent indexing, which synchronizes
+    an accelerator with the host, hence is off there by default.
 
     :param torch.Tensor anchor: weights ``w``, any shape ``S``.
     :param torch.Tensor locs: component means. Without ``group_index``,
@@ -341,34 +495,51 @@ def component_expectations(
     :param float tau: temperature of ``phi``.
     :param torch.Tensor values: one or more per-component tensors laid out
         like ``locs``.
+    :param torch.Tensor gate: optional per-weight factor (e.g. the gate
+        ``gamma``) multiplying every result; with the weights' shape it is
+        applied inside the fused operation, so the product is not stored
+        either.
     :param torch.Tensor group_index: optional long tensor of shape ``S``: the
         group (row of the tables) of each weight.
     :param int chunk_size: weights per chunk (default: about
         :data:`CHUNK_ELEMENTS_CPU` / ``K``, more on accelerators).
-    :param bool one_hot: use the one-hot shortcut (default: on CPUs).
+    :param bool one_hot: use the one-hot shortcut (default: on the device
+        types of :data:`ONE_HOT_DEVICES`).
+    :param dict cache: optional dict in which the one-hot shortcut keeps the
+        components of the weights between calls with the same (unmodified)
+        anchor and codebook, e.g. the mean and the KL of one training step.
     :param bool fused: ``False`` for the plain reference computation.
     :returns: a tuple with one tensor of shape ``S`` per value.
     """
     if not values:
         raise ValueError("component_expectations needs at least one tensor of values")
+    shape = anchor.shape
     if not fused:
         if group_index is not None:
             locs, scales, logits = locs[group_index], scales[group_index], logits[group_index]
             values = tuple(v[group_index] for v in values)
         phi = component_probs(anchor, locs, scales, logits, tau)
-        return tuple((phi * v).sum(-1) for v in values)
-    shape = anchor.shape
-    num_components = max(t.shape[-1] for t in (locs, scales, logits) + values)
-    tensors = (logits, locs, scales) + values
-    if group_index is None:
-        index = None
-        tensors = [_layout(t, shape, num_components) for t in tensors]
+        outs = tuple((phi * v).sum(-1) for v in values)
     else:
-        if group_index.shape != shape:
-            raise ValueError(f"group_index has shape {tuple(group_index.shape)}, expected {tuple(shape)}")
-        index = group_index.reshape(-1)
-        tensors = [t.expand(t.shape[0], num_components).t() for t in tensors]
-    chunk = int(chunk_size) if chunk_size else _default_chunk(anchor, num_components)
-    one_hot = anchor.device.type == "cpu" if one_hot is None else bool(one_hot)
-    outs = _ComponentExpectations.apply(index, float(tau), chunk, one_hot, anchor.reshape(-1), *tensors)
-    return tuple(o.view(shape) for o in outs)
+        num_components = max(t.shape[-1] for t in (locs, scales, logits) + values)
+        tensors = (logits, locs, scales) + values
+        if group_index is None:
+            index = None
+            tensors = [_layout(t, shape, num_components) for t in tensors]
+        else:
+            if group_index.shape != shape:
+                raise ValueError(f"group_index has shape {tuple(group_index.shape)}, expected {tuple(shape)}")
+            index = group_index.reshape(-1)
+            tensors = [t.expand(t.shape[0], num_components).t() for t in tensors]
+        chunk = int(chunk_size) if chunk_size else _default_chunk(anchor, num_components)
+        one_hot = anchor.device.type in ONE_HOT_DEVICES if one_hot is None else bool(one_hot)
+        # a gate of the weights' own shape is applied inside (its product is not stored)
+        inner = gate is not None and gate.shape == shape
+        flat_gate = gate.reshape(-1) if inner else None
+        outs = _ComponentExpectations.apply(
+            index, float(tau), chunk, one_hot, cache, anchor.reshape(-1), flat_gate, *tensors
+        )
+        outs = tuple(o.view(shape) for o in outs)
+        if inner:
+            return outs
+    return outs if gate is None else tuple(gate * o for o in outs)

@@ -33,6 +33,7 @@ Example::
 """
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.distributions import Normal, constraints, register_kl
 from torch.distributions.utils import lazy_property
 
@@ -117,6 +118,7 @@ class AnchoredSparseGMM(SparseGMM):
             param_shape = group_index.shape
         batch_shape = torch.Size(broadcast_shape(gate_probs.shape, anchor.shape, param_shape))
         self._codebook = codebook
+        self._cache = {}  # the components of one-hot weights, shared by mean and KL
         self.group_index = group_index
         self.gate_probs = gate_probs.expand(batch_shape)
         self.anchor = anchor
@@ -159,29 +161,28 @@ class AnchoredSparseGMM(SparseGMM):
         phi = component_probs(self.anchor, self.locs, self.scales, self.logits, self.tau)
         return phi.expand(self.batch_shape + (self._num_components,))
 
-    def expectations(self, *values):
+    def expectations(self, *values, gate=None):
         """
-        ``sum_k phi_ik v_k`` for each per-component tensor ``v`` laid out like
-        the codebook, without storing ``phi`` (see
+        ``gate * sum_k phi_ik v_k`` for each per-component tensor ``v`` laid
+        out like the codebook, without storing ``phi`` (see
         :func:`~sqs_pyro.soft_quantize.component_expectations`).
         """
         locs, scales, logits = self._codebook
         return component_expectations(
             self.anchor, locs, scales, logits, self.tau, *values,
-            group_index=self.group_index, chunk_size=self.chunk_size,
+            gate=gate, group_index=self.group_index, chunk_size=self.chunk_size, cache=self._cache,
         )
 
     @property
     def mean(self):
-        (m,) = self.expectations(self._codebook[0])
-        return self.gate_probs * m
+        (mean,) = self.expectations(self._codebook[0], gate=self.gate_probs)
+        return mean
 
     @property
     def variance(self):
         locs, scales, _ = self._codebook
-        m, second = self.expectations(locs, scales**2 + locs**2)
-        mean = self.gate_probs * m
-        return self.gate_probs * second - mean**2
+        mean, second = self.expectations(locs, scales**2 + locs**2, gate=self.gate_probs)
+        return second - mean**2
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(AnchoredSparseGMM, _instance)
@@ -190,6 +191,7 @@ class AnchoredSparseGMM(SparseGMM):
             {k: v for k, v in self.__dict__.items() if k in ("locs", "scales", "logits")}
         )
         new._codebook = self._codebook
+        new._cache = self._cache
         new._num_components = self._num_components
         new.group_index = self.group_index
         new.gate_probs = self.gate_probs.expand(batch_shape)
@@ -217,25 +219,52 @@ def _small_slab(slab):
     return slab
 
 
-def _expected_component_kl(q, slab):
-    # sum_k phi_ik KL(N_k || slab), per weight.
+def _gated_component_kl(q, slab):
+    # gamma_i sum_k phi_ik KL(N_k || slab), per weight.
     slab = _small_slab(slab)
     locs, scales, _ = q._codebook
     if q.group_index is not None and slab.batch_shape:
         # A slab varying per weight does not fit the (G, K) tables: explicit phi.
-        return (q.component_probs * component_kl(q.locs, q.scales, slab)).sum(-1)
-    (e,) = q.expectations(component_kl(locs, scales, slab))
-    return e
+        return q.gate_probs * (q.component_probs * component_kl(q.locs, q.scales, slab)).sum(-1)
+    (kl,) = q.expectations(component_kl(locs, scales, slab), gate=q.gate_probs)
+    return kl
+
+
+class _BernoulliKL(torch.autograd.Function):
+    """kl.py's ``KL(Bern(gamma) || Bern(lam))`` with an analytic backward that stores only its inputs."""
+
+    @staticmethod
+    def forward(ctx, gate, lam):
+        ctx.save_for_backward(gate, lam)
+        return _bernoulli_kl(gate, lam)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        gate, lam = ctx.saved_tensors
+        grad_gate = grad_lam = None
+        if ctx.needs_input_grad[0]:
+            # as autograd differentiates kl.py's formula: x log x with x clamped at
+            # tiny gives log x + 1 (log tiny at 0), xlogy(x, y) gives log y
+            tiny = torch.finfo(gate.dtype).tiny
+            rest = 1 - gate
+            slope = (gate > tiny).to(gate.dtype).sub_((rest > tiny).to(gate.dtype))
+            slope += gate.clamp(min=tiny).log_().sub_(rest.clamp_(min=tiny).log_())
+            small = _compact(lam)  # usually one value, expanded
+            slope -= torch.log(small) - torch.log1p(-small)
+            grad_gate = slope.mul_(grad)
+        if ctx.needs_input_grad[1]:
+            grad_lam = (grad * ((1 - gate) / (1 - lam) - gate / lam)).sum_to_size(lam.shape)
+        return grad_gate, grad_lam
 
 
 @register_kl(AnchoredSparseGMM, SpikeSlab)
 def _kl_anchored_spike_slab(q, p):
     # The Jensen bound of kl.py, KL_Bern + gamma * sum_k phi_k KL(N_k || slab).
-    gate = q.gate_probs
-    return _bernoulli_kl(gate, p.inclusion_prob) + gate * _expected_component_kl(q, p._base_slab)
+    return _BernoulliKL.apply(q.gate_probs, p.inclusion_prob) + _gated_component_kl(q, p._base_slab)
 
 
 @register_kl(AnchoredSparseGMM, Normal)
 def _kl_anchored_normal(q, p):
     # The Gaussian-prior ablation, as for SparseGMM in kl.py: the slab part alone.
-    return q.gate_probs * _expected_component_kl(q, p)
+    return _gated_component_kl(q, p)

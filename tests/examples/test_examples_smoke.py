@@ -1,0 +1,70 @@
+"""The transformers examples' ``--smoke`` sizes, run in-process through their ``main(argv)``."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bert_sentiment_smoke(tmp_path):
+    results = _example("bert_sentiment").main(["--smoke", "--sparsities", "0.5", "--out", str(tmp_path)])
+    methods = [r["method"] for r in results["rows"]]
+    assert methods == ["fine-tuned base (fp32)", "SQS (greedy MAP)", "magnitude + RTN", "magnitude + k-means"]
+    assert len(results["compressed_modules"]) == 8
+    for row in results["rows"][1:]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["bits_per_weight"] > 0
+    assert results["rows"][2]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    saved = json.loads((tmp_path / "bert_minilm_tweets_smoke.json").read_text())
+    assert saved["rows"][0]["accuracy"] == results["rows"][0]["accuracy"]
+    assert (tmp_path / "bert_minilm_tweets_smoke.md").read_text().startswith("# BERT")
+    # a second run reuses the fine-tuned base
+    again = _example("bert_sentiment").main(["--smoke", "--sparsities", "0.5", "--baselines", "", "--out", str(tmp_path)])
+    assert again["base"]["loaded_from"].endswith("base.pt")
+    assert again["rows"][0]["accuracy"] == results["rows"][0]["accuracy"]
+
+
+def test_llama_wikipedia_smoke(tmp_path):
+    results = _example("llama_wikipedia").main(
+        ["--smoke", "--windows", "outlier,equal", "-K", "4", "--sparsities", "0.5", "--out", str(tmp_path)])
+    rows = results["rows"]
+    assert [r["method"] for r in rows[:4]] == ["base (dequantized Q4_1, fp32)", "SQS (greedy MAP, reloaded file)",
+                                                "magnitude + per-window RTN", "magnitude + per-window k-means"]
+    assert len(rows) == 7 and all(r["perplexity"] > 1 for r in rows)
+    assert {r.get("window") for r in rows[1:]} == {"outlier", "equal"}
+    # same windows and K: same code bits for SQS and the baselines
+    assert rows[1]["paper_cr"] == pytest.approx(rows[2]["paper_cr"], rel=0.01)
+    assert rows[2]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert not list(Path(tmp_path).glob("*.safetensors"))  # full exports are removed after the reload check
+    assert (tmp_path / "llama_smollm2_wikipedia_smoke.md").exists()
+
+
+def test_qwen2_roundtrip_smoke(tmp_path):
+    results = _example("qwen2_roundtrip").main(["--smoke", "--out", str(tmp_path)])
+    assert results["bit_exact"] and results["generation_equal"] and results["tied_after_load"]
+    assert len(results["compressed_modules"]) == 12
+    assert results["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert len(results["generated_tokens"]) == len("the model ") + 16
+    assert os.path.getsize(tmp_path / "qwen2.sqs.ec.safetensors") <= os.path.getsize(tmp_path / "qwen2.sqs.safetensors")
