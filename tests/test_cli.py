@@ -54,8 +54,9 @@ def test_bad_toml_file(tmp_path, capsys):
     assert "not valid TOML" in capsys.readouterr().err
 
 
-def test_smoke_main_job_end_to_end(tmp_path, capsys):
+def test_smoke_main_job_end_to_end(tmp_path, capsys, monkeypatch):
     """The README's main command in its --smoke size: base model, SQS, evaluation, export, reload, table."""
+    monkeypatch.chdir(tmp_path)  # benchmarks/results/ is written relative to the working directory
     out = tmp_path / "smoke"
     assert main(["--smoke", "--out", str(out), "--no-progress"]) == 0
     table = capsys.readouterr().out
@@ -66,3 +67,4 @@ def test_smoke_main_job_end_to_end(tmp_path, capsys):
         assert f["reloaded_accuracy"] == sqs["greedy_accuracy_rounded_codebook"], kind
         assert f["bytes"] == (out / f["path"].rsplit("/", 1)[-1]).stat().st_size
     assert (out / "config.toml").exists() and (out / "log.jsonl").exists()
+    assert list((tmp_path / "benchmarks" / "results").glob("baselines_*.md"))
