@@ -241,10 +241,10 @@ def worker(args):
 
     import sqs_pyro.guides  # noqa: F401
 
-    if args.one_hot_on_accelerators:
+    if args.dense:
         from sqs_pyro import soft_quantize
 
-        soft_quantize.ONE_HOT_DEVICES = soft_quantize.ONE_HOT_DEVICES + (device,)
+        soft_quantize.ONE_HOT = False
     out = {"model": args.model, "variant": args.variant}
     cuda = device == "cuda"
     baseline_kib = _status_kib("VmRSS") if not cuda else None
@@ -327,7 +327,7 @@ def _run_worker(args, model, variant):
     for name in ("device", "threads", "steps", "warmup", "num_components", "batch_minilm", "seq_len",
                  "batch_resnet", "batch_llama", "seq_len_llama"):
         cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    for flag in ("no_validation", "one_hot_on_accelerators"):
+    for flag in ("no_validation", "dense"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -378,7 +378,8 @@ def _markdown(result):
         "",
         f"K = {result['settings']['num_components']}; each variant in a fresh process; "
         f"{result['settings']['rounds']} round(s) x {result['settings']['steps']} timed steps after "
-        f"{result['settings']['warmup']} warm-up step(s); medians. Peak memory: {result['peak_memory_method']}.",
+        f"{result['settings']['warmup']} warm-up step(s); medians. Peak memory: {result['peak_memory_method']}."
+        + (" Fused variant without the one-hot shortcut (--dense)." if result["settings"].get("dense") else ""),
         "",
         "| model | batch | variant | step (s, median) | min-max | peak memory (MiB) | time ratio | memory ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -435,8 +436,8 @@ def main(argv=None):
     p.add_argument("--batch-llama", type=int, default=4)
     p.add_argument("--seq-len-llama", type=int, default=512)
     p.add_argument("--no-validation", action="store_true", help="pyro.enable_validation(False) in SQS steps")
-    p.add_argument("--one-hot-on-accelerators", action="store_true",
-                   help="use the one-hot shortcut of soft_quantize on the accelerator too")
+    p.add_argument("--dense", action="store_true",
+                   help="fused variant without the one-hot shortcut (soft_quantize.ONE_HOT = False)")
     p.add_argument("--kmeans-sizes", default="1e6,1e7,1e8", help="'' to skip the k-means timing")
     p.add_argument("--tag", default=None, help="results file suffix (default: the device)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -453,7 +454,7 @@ def main(argv=None):
     result = {
         "command": " ".join(["python", "benchmarks/hot_path.py"] + (argv if argv is not None else sys.argv[1:])),
         "machine": machine_info(args.device, args.threads),
-        "settings": {k: getattr(args, k) for k in ("num_components", "rounds", "steps", "warmup", "no_validation")},
+        "settings": {k: getattr(args, k) for k in ("num_components", "rounds", "steps", "warmup", "no_validation", "dense")},
         "peak_memory_method": (
             "torch.cuda.max_memory_allocated" if args.device == "cuda"
             else "peak RSS (VmHWM, reset after set-up) during the steps minus RSS after imports"

@@ -23,7 +23,7 @@ import sys
 from .config import RunConfig
 
 SUBCOMMANDS = ("run", "train-base", "compress", "evaluate", "export", "baselines")
-PLUGINS = ("sqs_pyro.analysis.cli",)
+PLUGINS = ("sqs_pyro.analysis.cli", "sqs_pyro.analysis.consistency_cli")
 
 
 def _common(p):

@@ -50,9 +50,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 CHUNK_ELEMENTS_CPU = 1 << 18
 CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
 
-#: Device types on which :func:`component_expectations` takes the one-hot
-#: shortcut by default.
-ONE_HOT_DEVICES = ("cpu",)
+#: Default of :func:`component_expectations`' ``one_hot`` (``False``: the dense
+#: recomputation of ``phi`` for every weight).
+ONE_HOT = True
 
 
 def responsibility_logits(anchor, locs, scales, logits):
@@ -387,12 +387,10 @@ class _ComponentExpectations(torch.autograd.Function):
         grad_log_pi = torch.zeros_like(logits)
         grad_locs, grad_scales = torch.zeros_like(locs), torch.zeros_like(scales)
         grad_values = [torch.zeros_like(v) if need[10 + j] else None for j, v in enumerate(values)]
-        # gradients with respect to the ungated expectations
-        inner = grads if gate is None else [g * gate for g in grads]
         chunks = _chunks(n, chunk)
         if soft is not None:
             # one-hot weights: out_i = v[k_i], so d out_i / d v_k = [k == k_i] and nothing flows to phi
-            hard = [g.index_fill(0, soft, 0.0) for g in inner]
+            hard = [(g.clone() if gate is None else g * gate).index_fill_(0, soft, 0.0) for g in grads]
             for sel in _chunks(n, chunk * locs.shape[0]):
                 k = codes[sel].long()
                 for g, h, v, gv in zip(grads, hard, values, grad_values):
@@ -409,8 +407,9 @@ class _ComponentExpectations(torch.autograd.Function):
             u = 0.0
             if grad_gate is not None:
                 grad_gate[sel] = 0.0
-            for g, gi, v, gv in zip(grads, inner, values, grad_values):
-                gi, v = gi[sel], book.rows(v, sel)
+            for g, v, gv in zip(grads, values, grad_values):
+                # the gradient with respect to the ungated expectation
+                gi, v = (g[sel] if gate is None else g[sel] * gate[sel]), book.rows(v, sel)
                 if gv is not None:
                     book.accumulate(gv, phi * gi, sel)
                 out = _dot(phi, v)
@@ -472,7 +471,7 @@ def component_expectations(
     plain version (``fused=False``, built from :func:`component_probs`) up to
     rounding. It is differentiable once (no double backward).
 
-    With ``one_hot`` (the default on CPUs), weights whose ``phi`` is one-hot
+    With ``one_hot`` (the default), weights whose ``phi`` is one-hot
     to within ``eps**2`` (``eps`` of the dtype; with the usual small ``tau``
     nearly all of them) take their component's values without any softmax,
     keep one byte (the component) for backward, and pass no gradient through
@@ -483,7 +482,7 @@ def component_expectations(
     bound on the other components' responsibilities (quadratics in ``w``)
     holds over the whole cell; the weights of uncertain cells are examined
     one by one. The shortcut uses data-dependent indexing, which synchronizes
-    an accelerator with the host, hence is off there by default.
+    an accelerator with the host a few times per call.
 
     :param torch.Tensor anchor: weights ``w``, any shape ``S``.
     :param torch.Tensor locs: component means. Without ``group_index``,
@@ -503,8 +502,7 @@ def component_expectations(
         group (row of the tables) of each weight.
     :param int chunk_size: weights per chunk (default: about
         :data:`CHUNK_ELEMENTS_CPU` / ``K``, more on accelerators).
-    :param bool one_hot: use the one-hot shortcut (default: on the device
-        types of :data:`ONE_HOT_DEVICES`).
+    :param bool one_hot: use the one-hot shortcut (default: :data:`ONE_HOT`).
     :param dict cache: optional dict in which the one-hot shortcut keeps the
         components of the weights between calls with the same (unmodified)
         anchor and codebook, e.g. the mean and the KL of one training step.
@@ -532,7 +530,7 @@ def component_expectations(
             index = group_index.reshape(-1)
             tensors = [t.expand(t.shape[0], num_components).t() for t in tensors]
         chunk = int(chunk_size) if chunk_size else _default_chunk(anchor, num_components)
-        one_hot = anchor.device.type in ONE_HOT_DEVICES if one_hot is None else bool(one_hot)
+        one_hot = ONE_HOT if one_hot is None else bool(one_hot)
         # a gate of the weights' own shape is applied inside (its product is not stored)
         inner = gate is not None and gate.shape == shape
         flat_gate = gate.reshape(-1) if inner else None
