@@ -179,27 +179,39 @@ def _seed(*parts):
     return s
 
 
-def make_teacher(config):
+def make_teacher(config, max_tries=100):
     """
     The sparse, quantized ReLU teacher of ``config``.
 
     Every hidden unit of the first layer reads one relevant input (each relevant
     input is read at least once) and, with probability 1/4, a second one; half
     the units of the second layer (rounded up) read two first-layer units each,
-    together covering all of them, and feed the output; every other weight is
-    exactly zero. Nonzero weights are drawn from ``teacher_levels``; biases are
-    small and dense (biases are not compressed).
+    together covering all of them, at least one through a positive weight (a
+    ReLU unit fed only negative weights by ReLU units is dead), and feed the
+    output; every other weight is exactly zero. Nonzero weights are drawn from
+    ``teacher_levels``; biases are small and dense (biases are not compressed).
+    Teachers in which some relevant input explains less than 5% of the variance
+    of ``f0`` (the rest held fixed) are redrawn, so that "relevant" means it.
 
     :returns: ``(net, relevant)``: an ``nn.Sequential`` with frozen parameters
         and the sorted indices of the relevant inputs.
     """
     g = torch.Generator().manual_seed(_seed(config.seed, 1))
+    for _ in range(max_tries):
+        net, relevant = _draw_teacher(config, g)
+        if min(_importance(net, relevant, config.num_inputs)) >= 0.05:
+            break
+    return net, relevant
+
+
+def _draw_teacher(config, g):
     p, s = config.num_inputs, config.num_relevant
     h1, h2 = config.teacher_widths
     levels = torch.tensor(config.teacher_levels)
+    positive = levels[levels > 0] if (levels > 0).any() else levels
 
-    def draw(k):
-        return levels[torch.randint(len(levels), (k,), generator=g)]
+    def draw(k, among=levels):
+        return among[torch.randint(len(among), (k,), generator=g)]
 
     relevant = torch.randperm(p, generator=g)[:s].sort().values
     w1 = torch.zeros(h1, p)
@@ -213,9 +225,9 @@ def make_teacher(config):
         w1[j, cols] = draw(len(cols))
     alive = min(h2, math.ceil(h1 / 2))
     w2 = torch.zeros(h2, h1)
-    units = torch.randperm(h1, generator=g)
-    for i, j in enumerate(units.tolist()):
-        w2[i % alive, j] = draw(1)
+    for i, j in enumerate(torch.randperm(h1, generator=g).tolist()):
+        unit = i % alive
+        w2[unit, j] = draw(1, levels if (w2[unit] > 0).any() else positive)
     w3 = torch.zeros(1, h2)
     w3[0, :alive] = draw(alive)
     net = nn.Sequential(nn.Linear(p, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
@@ -225,6 +237,24 @@ def make_teacher(config):
             layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=g))
     net.requires_grad_(False)
     return net, relevant
+
+
+@torch.no_grad()
+def _importance(net, relevant, num_inputs, num_points=2000, num_redraws=16):
+    """Fraction of ``Var f0`` each relevant input explains: ``E (f0 - E[f0 | x_-j])^2 / Var f0``."""
+    g = torch.Generator().manual_seed(12345)
+    x = torch.randn(num_points, num_inputs, generator=g)
+    f = net(x).squeeze(-1)
+    var = float(f.var())
+    if var <= 0:
+        return [0.0] * len(relevant)
+    out = []
+    for j in relevant.tolist():
+        xs = x.repeat(num_redraws, 1)
+        xs[:, j] = torch.randn(len(xs), generator=g)
+        cond = net(xs).squeeze(-1).reshape(num_redraws, num_points).mean(0)
+        out.append(float((f - cond).pow(2).mean()) / var)
+    return out
 
 
 def _teacher_summary(teacher, relevant, x_test):
@@ -240,6 +270,7 @@ def _teacher_summary(teacher, relevant, x_test):
         "zero_fraction": 1 - sum(nonzero) / total,
         "levels_per_layer": [sorted(set(w[w != 0].tolist())) for w in weights],
         "signal_std": float(f0.std()),
+        "input_importance": [round(v, 4) for v in _importance(teacher, relevant, x_test.shape[-1])],
     }
 
 

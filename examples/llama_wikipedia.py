@@ -66,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--gate-lr", type=float, default=1e-3)
+    p.add_argument("--gate-lr", type=float, default=0.0,
+                   help="Adam learning rate of the gate logits rho; 0 (default) keeps gates at their initial gamma ~ 0.993 and sparsity comes from the cubic schedule alone: under Adam the KL drives every gate below 0.5 after about init_rho / gate_lr steps whatever kl_weight is (see docs/transformers.md)")
     p.add_argument("--baselines", default="rtn,kmeans")
     p.add_argument("--out")
     p.add_argument("--results-dir")

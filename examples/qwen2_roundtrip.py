@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--window", default="outlier", choices=("layer", "equal", "outlier"))
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--out")
+    p.add_argument("--results-dir", help="also write the results here (default benchmarks/results, none for --smoke)")
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     if args.smoke:
         args.size = "smoke"
     args.out = args.out or os.path.join("runs", f"qwen2_roundtrip_{args.size}")
+    if args.results_dir is None and args.size != "smoke":
+        args.results_dir = os.path.join("benchmarks", "results")
     return args
 
 
@@ -88,7 +91,7 @@ def main(argv=None):
         model = SQSModel(net, spec, CausalLM(), num_data=len(data), forward=causal_lm_forward)
         guide = SQSGuide(model)
         batch = 4
-        ccfg = CompressConfig(epochs=size["steps"] * batch / len(data), lr=1e-3, gate_lr=1e-3, kl_weight=args.kl_weight,
+        ccfg = CompressConfig(epochs=size["steps"] * batch / len(data), lr=1e-3, gate_lr=0.0, kl_weight=args.kl_weight,
                               pruning="cubic", sparsity=args.sparsity, prune_start=0.0, prune_end=0.5,
                               score="magnitude", checkpoint_every=10**9, log_every=1)
         with Timer() as t_fit:
@@ -141,7 +144,7 @@ def main(argv=None):
           f"tied embeddings kept ({tied}), greedy generation identical. Compressed layers {rep.bits_per_weight:.3f} "
           f"bits/weight plain, {ec.bits_per_weight:.3f} entropy coded; file {rep.file_bytes:,} B "
           f"(dense fp32 model {rep.model_fp32_bytes:,} B). {total.seconds:.0f} s in all.\n")
-    write_results(results, md, f"qwen2_roundtrip_{args.size}", [args.out])
+    write_results(results, md, f"qwen2_roundtrip_{args.size}", [args.out, args.results_dir])
     print(md)
     return results
 
