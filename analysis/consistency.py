@@ -108,7 +108,10 @@ class ConsistencyConfig:
     :param float inclusion_prob: the prior's ``lambda_0``.
     :param str plug_in: ``"sample"`` or ``"mean"`` (see the module docstring).
     :param int steps: SVI steps (Adam, cosine-decayed learning rates, minibatches
-        of ``batch_size`` scaled by ``n / b`` in the model's data plate).
+        of ``batch_size`` scaled by ``n / b`` in the model's data plate) for
+        ``n <= steps_reference_n``; larger ``n`` get
+        ``steps * (n / steps_reference_n) ** steps_growth`` (the likelihood
+        sharpens with ``n``, and the fit needs more steps to reach its optimum).
     :param float gate_lr: learning rate of the gate logits ``rho``.
     :param int posterior_draws: networks drawn from ``q`` for the ``E_q`` columns.
     :param tuple small_components: ``K`` values refitted at the largest ``n``.
@@ -125,21 +128,25 @@ class ConsistencyConfig:
     teacher_levels: tuple = (-1.0, -0.5, 0.5, 1.0)
     noise_std: float = 0.5
     student_width: int = 16
-    num_components: int = 8
+    num_components: int = 4
     inclusion_prob: float = 0.01
     slab_scale: float = 3.0
+    tau: float = 1e-3
+    train_anchors: bool = False
     plug_in: str = "sample"
     pretrain_steps: int = 1500
     pretrain_batch_size: int = 512
     pretrain_lr: float = 1e-2
-    steps: int = 2000
+    steps: int = 1200
+    steps_growth: float = 0.5
+    steps_reference_n: int = 1000
     batch_size: int = 1024
     lr: float = 3e-3
     gate_lr: float = 1e-3
     num_test: int = 20000
     posterior_draws: int = 16
-    small_components: tuple = (2, 4)
-    large_inclusion_probs: tuple = (0.5, 0.9)
+    small_components: tuple = (2,)
+    large_inclusion_probs: tuple = (0.9,)
     compare_plug_in: bool = True
     workers: int = 2
 
@@ -158,10 +165,15 @@ class ConsistencyConfig:
     @classmethod
     def smoke(cls, **overrides):
         """A small version (about half a minute on two cores): fewer, smaller ``n``, fewer steps."""
-        base = dict(sizes=(250, 500, 1000), pretrain_steps=300, steps=300, batch_size=512, num_test=4000,
+        base = dict(sizes=(250, 500, 1000), pretrain_steps=300, steps=300, steps_growth=0.0, batch_size=512,
+                    num_test=4000,
                     posterior_draws=4, small_components=(2,), large_inclusion_probs=(0.9,), compare_plug_in=False)
         base.update(overrides)
         return cls(**base)
+
+    def steps_for(self, n):
+        """The number of SVI steps of a fit on ``n`` examples."""
+        return int(round(self.steps * max(1.0, n / self.steps_reference_n) ** self.steps_growth))
 
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -337,7 +349,8 @@ def _fit(config, job, pretrained, x, y):
     n = job.n
     net = copy.deepcopy(pretrained)
     spec = {"_default": {"num_components": job.num_components, "inclusion_prob": job.inclusion_prob,
-                         "slab_scale": config.slab_scale}}
+                         "slab_scale": config.slab_scale, "tau": config.tau,
+                         "train_anchors": config.train_anchors}}
     model = SQSModel(net, spec, Gaussian(config.noise_std), num_data=n)
     guide = SQSGuide(model)
     elbo = SQSELBO(plug_in=job.plug_in, kl_weight=1.0)
@@ -349,8 +362,9 @@ def _fit(config, job, pretrained, x, y):
     base = [config.lr, config.gate_lr]
     g = torch.Generator().manual_seed(_seed(config.seed, 5, n))
     b = min(config.batch_size, n)
-    for t in range(config.steps):
-        decay = 0.5 * (1 + math.cos(math.pi * t / config.steps))
+    steps = config.steps_for(n)
+    for t in range(steps):
+        decay = 0.5 * (1 + math.cos(math.pi * t / steps))
         for group, lr in zip(opt.param_groups, base):
             group["lr"] = lr * decay
         idx = torch.randint(n, (b,), generator=g) if b < n else None
@@ -543,8 +557,9 @@ class ConsistencyResult:
             f"{list(c.teacher_widths)}, {t['nonzero']} of {t['weights']} weights nonzero "
             f"({100 * t['zero_fraction']:.0f}% zero), levels {list(c.teacher_levels)}, signal std "
             f"{t['signal_std']:.3f}, noise sigma = {c.noise_std:g}. Student: widths {c.student_width}x2, "
-            f"K = {c.num_components}, lambda0 = {c.inclusion_prob:g}, plug_in = {c.plug_in}, {c.steps} SVI steps "
-            f"after {c.pretrain_steps} Adam steps of pretraining; seed {c.seed}.",
+            f"K = {c.num_components}, lambda0 = {c.inclusion_prob:g}, plug_in = {c.plug_in}, "
+            f"{c.steps_for(min(c.sizes))}-{c.steps_for(max(c.sizes))} SVI steps (minibatch {c.batch_size}) after "
+            f"{c.pretrain_steps} Adam steps of pretraining; seed {c.seed}.",
             "",
             "Excess risk = E(f - f0)^2 (test MSE minus sigma^2); H2 = mean squared Hellinger distance; "
             "P(incl) = probability under q that an input is used (mean over relevant / irrelevant inputs); "

@@ -36,13 +36,14 @@ import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 VARIANTS = ("plain", "naive", "fused")
@@ -53,32 +54,6 @@ NUM_DATA = 10_000
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def machine_info(device, threads):
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": device,
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        info["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
 
 
 # ----------------------------------------------------------------------------- memory
@@ -360,8 +335,17 @@ def _summarize(runs):
     plain = summary.get("plain", {})
     for variant, s in summary.items():
         if variant != "plain" and "error" not in s and "error" not in plain and plain:
-            s["time_ratio"] = s["step_s_median"] / plain["step_s_median"]
+            s["time_ratio_pooled"] = s["step_s_median"] / plain["step_s_median"]
             s["memory_ratio"] = s["peak_bytes_median"] / plain["peak_bytes_median"]
+            # the load of a shared machine drifts: pair each run with the plain run of its round
+            plain_by_round = {r.get("round"): r for r in by_variant["plain"] if "error" not in r}
+            paired = [
+                statistics.median(r["step_s"]) / statistics.median(plain_by_round[r.get("round")]["step_s"])
+                for r in by_variant[variant]
+                if "error" not in r and r.get("round") in plain_by_round
+            ]
+            s["time_ratios_per_round"] = paired
+            s["time_ratio"] = statistics.median(paired) if paired else s["time_ratio_pooled"]
     return summary
 
 
@@ -380,6 +364,9 @@ def _markdown(result):
         f"{result['settings']['rounds']} round(s) x {result['settings']['steps']} timed steps after "
         f"{result['settings']['warmup']} warm-up step(s); medians. Peak memory: {result['peak_memory_method']}."
         + (" Fused variant without the one-hot shortcut (--dense)." if result["settings"].get("dense") else ""),
+        "",
+        "Time ratio: median over rounds of (variant's median step / plain's median step in the same round); "
+        "per-round ratios and the pooled ratio are in the JSON file.",
         "",
         "| model | batch | variant | step (s, median) | min-max | peak memory (MiB) | time ratio | memory ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -467,6 +454,7 @@ def main(argv=None):
             order = variants if r % 2 == 0 else variants[::-1]
             for variant in order:
                 run = _run_worker(args, model, variant)
+                run["round"] = r
                 runs.append(run)
                 brief = run.get("error", "")[:200] or f"median step {statistics.median(run['step_s']):.3f} s, peak {run['peak_bytes'] / 2**20:.0f} MiB"
                 print(f"[{model} round {r + 1}] {variant}: {brief}", flush=True)

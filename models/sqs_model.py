@@ -8,7 +8,11 @@ at call time with :func:`torch.func.functional_call`, so the user's module is
 not modified (its weights stay as the *anchors* the guide reads). All other
 trainable parameters (biases, norms, heads) are point estimates registered with
 ``pyro.param``, so both :class:`pyro.infer.SVI` and plain ``torch.optim`` loops
-train them.
+train them. Under ``pyro.settings.set(module_local_params=True)`` train with
+``torch.optim`` over ``SQSELBO()(model, guide).parameters()`` (what
+:class:`~sqs_pyro.trainer.SQSTrainer` does): in that mode ``SVI`` only steps
+``PyroParam``\ s, and the point parameters of a plain ``nn.Module`` are not
+``PyroParam``\ s (``SVI.step`` raises ``AttributeError: ... 'unconstrained'``).
 
 Example::
 

@@ -99,6 +99,29 @@ def test_works_with_pyro_svi():
     assert "net.0.bias" in store and "net.0.weight" not in store  # anchors frozen, biases point estimates
 
 
+def test_module_local_params_train_through_the_elbo_module():
+    # Pyro's module-local mode: parameters live in the modules and the loop is
+    # ``torch.optim`` over ``elbo(model, guide).parameters()`` (pyro.infer.SVI
+    # only trains PyroParams there; see the SQSModel docstring).
+    pyro.settings.set(module_local_params=True)  # the conftest fixture restores the setting
+    model, x, y = _classifier()
+    guide = SQSGuide(model)
+    guide(x, y)  # create the guide's parameters
+    loss_fn = SQSELBO()(model, guide)
+    bias = model.net[0].bias.detach().clone()
+    optim = torch.optim.Adam([p for p in loss_fn.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(20):
+        optim.zero_grad()
+        loss = loss_fn(x, y)
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(model.net[0].bias, bias)
+    assert len(pyro.get_param_store()) == 0
+
+
 def test_works_with_plain_torch_optim():
     model, x, y = _classifier()
     guide = SQSGuide(model)
