@@ -144,13 +144,16 @@ def classification_accuracy(net, data, batch_size=256):
     """
     Accuracy of a sequence classifier (``net(**x).logits``) on ``data`` (``len``
     and ``get(idx) -> (x, y)``, e.g. :class:`~sqs_pyro.data.tokenized.TokenizedClassification`).
+    When ``data`` has ``lengths``, batches hold sequences of similar length (less padding).
     """
     was_training = net.training
     net.eval()
     correct = 0
+    lengths = getattr(data, "lengths", None)
+    order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(data))
     try:
         for start in range(0, len(data), batch_size):
-            x, y = data.get(torch.arange(start, min(start + batch_size, len(data))))
+            x, y = data.get(order[start : start + batch_size])
             logits = getattr(net(**x), "logits")
             correct += int((logits.argmax(-1) == y.to(logits.device)).sum())
     finally:

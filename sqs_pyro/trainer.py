@@ -60,6 +60,19 @@ def epoch_permutation(seed, epoch, n):
     return torch.randperm(n, generator=g)
 
 
+def epoch_order(data, seed, epoch, batch_size):
+    """
+    The order of epoch ``epoch`` over ``data``: ``data.epoch_order(batch_size,
+    generator)`` when the data defines it (e.g. length-grouped batches of
+    texts), else :func:`epoch_permutation`. Either way a pure function of
+    ``(seed, epoch)``.
+    """
+    order = getattr(data, "epoch_order", None)
+    if order is None:
+        return epoch_permutation(seed, epoch, len(data))
+    return order(batch_size, torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -93,6 +106,7 @@ class SQSTrainer:
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
                  progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl"):
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
+        self._order = (None, None)  # (epoch, its order), computed once per epoch
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
         self.seed = seed
@@ -129,7 +143,9 @@ class SQSTrainer:
     def batch_indices(self, step):
         """This process's indices of step ``step``."""
         epoch, j = divmod(step, self.steps_per_epoch)
-        perm = epoch_permutation(self.seed, epoch, len(self.data))
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.data, self.seed, epoch, self.batch_size))
+        perm = self._order[1]
         idx = perm[j * self.batch_size : (j + 1) * self.batch_size]
         return idx[self.rank :: self.world]
 

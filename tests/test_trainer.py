@@ -128,3 +128,19 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
         make_trainer(tmp_path).run(resume=True)
+
+
+def test_batches_follow_the_data_epoch_order(tmp_path):
+    """Data that defines ``epoch_order`` (e.g. length-grouped texts) sets the batches, per (seed, epoch)."""
+
+    class Reversed(TensorData):
+        def epoch_order(self, batch_size, generator):
+            return torch.randperm(len(self), generator=generator).flip(0)
+
+    model, guide, data = make_problem()
+    trainer = SQSTrainer(model, guide, Reversed(data.x, data.y), CompressConfig(epochs=2.0), out_dir=str(tmp_path),
+                         batch_size=32, seed=4, progress=False)
+    g = torch.Generator().manual_seed(4 * 1_000_003 + 1)
+    expected = torch.randperm(256, generator=g).flip(0)
+    assert torch.equal(trainer.batch_indices(8), expected[:32])
+    assert torch.equal(trainer.batch_indices(9), expected[32:64])

@@ -51,3 +51,16 @@ def test_markdown_lists_every_row_and_the_verdict(grid):
     points = _points()
     text = grid.markdown(points, grid.goal_check(points, 0.5), "test machine")
     assert "| 16 | 50% | sqs |" in text and "| 4 | 90% | sqs |" in text and "test machine" in text and "goal (≥ 1.5×) met" in text
+
+
+def test_markdown_says_when_sqs_never_stays_within_the_drop(grid):
+    points = _points()
+    for p in points:
+        for row in p["rows"]:
+            if row["method"] == "sqs":
+                row["accuracy"] = 0.885 if p["K"] == 16 else 0.88
+    goal = grid.goal_check(points, 0.5)
+    assert "sqs" not in goal["best"] and not goal["met"]
+    text = grid.markdown(points, goal, "test machine", base="runs/x/base.pt")
+    assert "at no grid point (smallest drop +1.50 at K = 16, 50%)" in text and "not met" in text
+    assert "--base runs/x/base.pt" in text
