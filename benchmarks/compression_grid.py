@@ -42,20 +42,18 @@ def _stem(dataset, arch, k, sparsity):
 
 
 def run_point(args, k, sparsity):
-    """Run one grid point (skipped when its results file exists); return its seconds or None."""
+    """Run one grid point in a subprocess (skipped when its results file exists)."""
     stem = _stem(args.dataset, args.arch, k, sparsity)
     if (RESULTS / f"{stem}.json").exists() and not args.force:
         print(f"[grid] K={k} s={sparsity:.2f}: {stem}.json exists, skipped", flush=True)
-        return None
+        return
     out = os.path.join(args.out, f"K{k}_s{round(100 * sparsity)}")
     cmd = [sys.executable, "-m", "sqs_pyro", "run", "--out", out, "-K", str(k), "--sparsity", str(sparsity),
            "--no-progress", "--threads", str(args.threads), "--set", f"model.base_checkpoint={args.base}"]
     print("[grid] " + " ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    seconds = time.time() - t0
-    print(f"[grid] K={k} s={sparsity:.2f}: {seconds:.0f} s", flush=True)
-    return seconds
+    print(f"[grid] K={k} s={sparsity:.2f}: {time.time() - t0:.0f} s", flush=True)
 
 
 def collect(args):

@@ -54,10 +54,14 @@ class TensorData:
         return self.x[idx], self.y[idx]
 
 
+def _epoch_generator(seed, epoch):
+    """The random generator of epoch ``epoch``: seeded by ``(seed, epoch)`` alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def epoch_permutation(seed, epoch, n):
     """The shuffling of epoch ``epoch``: a pure function of ``(seed, epoch)``."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=_epoch_generator(seed, epoch))
 
 
 def epoch_order(data, seed, epoch, batch_size):
@@ -70,7 +74,7 @@ def epoch_order(data, seed, epoch, batch_size):
     order = getattr(data, "epoch_order", None)
     if order is None:
         return epoch_permutation(seed, epoch, len(data))
-    return order(batch_size, torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order(batch_size, _epoch_generator(seed, epoch))
 
 
 @dataclass
