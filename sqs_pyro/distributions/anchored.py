@@ -173,6 +173,18 @@ class AnchoredSparseGMM(SparseGMM):
             gate=gate, group_index=self.group_index, chunk_size=self.chunk_size, cache=self._cache,
         )
 
+    def soft_weights(self):
+        """
+        Flat indices of the weights whose ``phi`` is not one-hot (to within
+        ``eps**2``): the ones the hot path computes with all ``K`` components,
+        in the forward and again in the backward pass, so its cost grows with
+        their number (all weights when the one-hot shortcut is off).
+        """
+        with torch.no_grad():
+            self.mean  # fills the cache shared by mean and KL
+        soft = self._cache.get("soft")
+        return torch.arange(self.anchor.numel(), device=self.anchor.device) if soft is None else soft
+
     @property
     def mean(self):
         (mean,) = self.expectations(self._codebook[0], gate=self.gate_probs)

@@ -177,3 +177,13 @@ def test_elbo_loss_and_gradients_equal_explicit(settings):
     assert len(grads) > 2 * len(model.sites)
     for a, b in zip(grads, grads_explicit):
         torch.testing.assert_close(a, b)
+
+
+def test_soft_weights_are_the_ones_between_two_components():
+    # two equal components at -1 and 1: only the weight at 0 has no one-hot phi
+    anchor = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
+    locs, scales, logits = torch.tensor([[-1.0, 1.0]]), torch.tensor([[0.3, 0.3]]), torch.zeros(1, 2)
+    q = AnchoredSparseGMM(torch.ones(5), anchor, locs, scales, logits, 1e-3)
+    assert q.soft_weights().tolist() == [2]
+    hot = AnchoredSparseGMM(torch.ones(5), anchor, locs, scales, logits, 10.0)  # phi far from one-hot
+    assert hot.soft_weights().tolist() == [0, 1, 2, 3, 4]
