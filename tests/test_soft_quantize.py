@@ -255,3 +255,22 @@ def test_bad_arguments():
             w, torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2), 0.1, torch.zeros(1, 2),
             group_index=torch.zeros(4, dtype=torch.long),
         )
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_tables_read_by_index_when_groups_are_many(monkeypatch, one_hot):
+    # the gather / index_add_ path that tables with more than ONE_HOT_GROUPS groups take
+    monkeypatch.setattr(soft_quantize, "ONE_HOT_GROUPS", 0)
+    test_equals_plain_version("table", one_hot, torch.float64)
+    test_gradcheck("table", one_hot, 0.5)
+
+
+def test_table_with_an_infinite_logit():
+    # a component with -inf logit has no weight; 0 * inf must not turn the one-hot products into NaN
+    anchor, gate, codebook, cost, index = _case("table", shape=(20, 10), K=4, seed=3)
+    codebook[2][1, 2] = float("-inf")
+    plain = _run(False, anchor, gate, codebook, cost, index, 0.05)
+    fused = _run(True, anchor, gate, codebook, cost, index, 0.05)
+    for p, f in zip(plain, fused):
+        assert torch.isfinite(f).all()
+        torch.testing.assert_close(f, p)
