@@ -139,7 +139,7 @@ class _Codebook:
     def rows(self, t, sel):
         """The (K, n) or (K, 1) values of the weights ``sel`` (a slice or an index)."""
         if self.few_groups:
-            return t @ self.groups_of(sel).t()
+            return t @ self.groups_of(sel).t().to(t.dtype)
         if self.index is not None:
             return t[:, self.index[sel]]
         return t if t.shape[1] == 1 else t[:, sel]
