@@ -36,9 +36,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import llama_wikipedia  # noqa: E402  (the example's model loading and prior specs)
+from _common import write_results  # noqa: E402
 
 from sqs_pyro.guides import SQSGuide  # noqa: E402
-from sqs_pyro.io import atomic_write  # noqa: E402
 from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward  # noqa: E402
 from sqs_pyro.models.window_baselines import window_baselines  # noqa: E402
@@ -108,11 +108,7 @@ def main(argv=None):
                      f"{km['matrices']} | {rtn['median_error']:.3f} | {rtn['matrices_over_50pct']} of "
                      f"{rtn['matrices']} | {r['soft_fraction']:.2%} |")
     stem = "window_diagnostics_" + ("smoke" if args.smoke else "smollm2")
-    out = pathlib.Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".md", "\n".join(lines) + "\n")):
-        with atomic_write(out / (stem + suffix), "w") as f:
-            f.write(text)
+    write_results(result, "\n".join(lines), stem, [args.results_dir])
     print("\n".join(lines))
     return result
 
