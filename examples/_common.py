@@ -14,6 +14,10 @@ from sqs_pyro.export import size_report
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained
 
+#: The training choices the transformer examples were measured with (learned gates, frozen anchors, no
+#: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.recipes) is not measured on them yet.
+TRANSFORMER_RECIPE = dict(gates="learned", anchors="frozen", refit_codebooks=False, lr_schedule="constant")
+
 
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ConfigRows, Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
+from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
 
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # noqa: E402
@@ -208,7 +208,7 @@ def run_sqs(base, train, args, sparsity, run_dir):
     spec = default_prior_spec(net, num_components=args.num_components, tau=args.tau, inclusion_prob=args.inclusion_prob)
     model = SQSModel(net, spec, Categorical(), num_data=len(train))
     guide = SQSGuide(model)
-    cfg = CompressConfig(epochs=args.sqs_epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
+    cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.sqs_epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.1,
                          prune_end=0.6, score=args.score, checkpoint_every=10**9, log_every=10)
     trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,

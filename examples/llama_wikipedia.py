@@ -31,7 +31,7 @@ import pyro
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ConfigRows, Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
+from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
 
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
@@ -174,7 +174,7 @@ def run_sqs(base, train, args, spec, sparsity, run_dir):
     with Timer() as init:
         guide = SQSGuide(model)
     epochs = args.steps * args.batch_size / len(train)
-    cfg = CompressConfig(epochs=epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
+    cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.0,
                          prune_end=0.5, score="magnitude", checkpoint_every=10**9, log_every=1)
     trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,

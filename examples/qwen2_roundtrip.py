@@ -21,7 +21,7 @@ import pyro
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, set_threads, write_results  # noqa: E402
+from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noqa: E402
 
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
@@ -91,7 +91,7 @@ def main(argv=None):
         model = SQSModel(net, spec, CausalLM(), num_data=len(data), forward=causal_lm_forward)
         guide = SQSGuide(model)
         batch = 4
-        ccfg = CompressConfig(epochs=size["steps"] * batch / len(data), lr=1e-3, gate_lr=0.0, kl_weight=args.kl_weight,
+        ccfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=size["steps"] * batch / len(data), lr=1e-3, gate_lr=0.0, kl_weight=args.kl_weight,
                               pruning="cubic", sparsity=args.sparsity, prune_start=0.0, prune_end=0.5,
                               score="magnitude", checkpoint_every=10**9, log_every=1)
         with Timer() as t_fit:

@@ -27,8 +27,10 @@ the anchor ``w_i``, exactly as in SQS (:func:`~sqs_pyro.soft_quantize.component_
   the fractions. The zero component's mixing logit is then shifted so that, in
   every group, as many weights have it as their argmax as it has members (the
   argmax set is an interval around zero whose ends the mixture places, so it is
-  nearly, not exactly, the smallest magnitudes). Training may move the achieved
-  sparsity away from ``s``; report the achieved value.
+  nearly, not exactly, the smallest magnitudes). Training may move the argmax
+  sparsity away from ``s``; ``hard_assignment(sparsity=s)`` exports exactly
+  ``s`` (the weights whose zero component is most probable are pruned), which
+  is what the baseline comparison uses.
 
 Example::
 
@@ -213,19 +215,48 @@ class DGMSGuide(AutoMessenger):
         return zeros / total
 
     @torch.no_grad()
-    def hard_assignment(self, codebook_dtype=torch.float32):
+    def zero_scores(self):
+        """
+        ``name -> log r_0 - max_k log r_k`` per weight: how much more probable
+        the zero component is than the best nonzero one (> 0 where the argmax is zero).
+        """
+        out = {}
+        for name, site in self.model.sites.items():
+            p = self.params_of(name)
+            g = p.grouping.gather
+            logr = responsibility_logits(site.anchor, g(p.all_locs()), g(p.scales), g(p.logits))
+            out[name] = logr[..., 0] - logr[..., 1:].max(-1).values
+        return out
+
+    @torch.no_grad()
+    def hard_assignment(self, codebook_dtype=torch.float32, sparsity=None):
         """
         The argmax export of every site as a :class:`~sqs_pyro.export.CompressedTensor`:
         the zero component's weights are pruned, the others index a flat codebook of
         ``G * K`` nonzero means (rounded to ``codebook_dtype``).
+
+        :param float sparsity: optional target: prune exactly the ``floor(sparsity N)``
+            weights (over all sites) whose zero component is most probable relative
+            to their best nonzero one (:meth:`zero_scores`), and give every other
+            weight its most probable nonzero component. Without it the sparsity is
+            whatever the argmax gives (training moves it away from the initial one).
         """
         from sqs_pyro.export import CompressedTensor
 
+        keeps = None
+        if sparsity is not None:
+            keeps = global_topk_masks({n: -z for n, z in self.zero_scores().items()}, sparsity)
         out = {}
         for name, site in self.model.sites.items():
             p = self.params_of(name)
-            k = p.assignment(site.anchor)
-            keep = k > 0
+            g = p.grouping.gather
+            logr = responsibility_logits(site.anchor, g(p.all_locs()), g(p.scales), g(p.logits))
+            if keeps is None:
+                k = logr.argmax(-1)
+                keep = k > 0
+            else:
+                k = logr[..., 1:].argmax(-1) + 1
+                keep = keeps[name]
             num_components = p.num_components
             codes = k - 1 if p.grouping.index is None else p.grouping.index * num_components + k - 1
             codebook = p.locs.detach().reshape(-1).to(codebook_dtype).float()

@@ -11,6 +11,22 @@ Per group ``g``: codebook ``mu_g``, stds ``sigma_g``, mixing weights ``pi_g``
 temperature ``tau``. A bool ``mask`` per site implements pruning: masked gates
 are exactly zero.
 
+Two options of the default recipe (see :mod:`sqs_pyro.recipes`):
+
+- ``gates="hard"``: the gate family is restricted to ``gamma_i in {0, 1}``, set
+  by the mask, so the weights the likelihood sees (``gamma * mu``) and the
+  exported ones (``mu``) agree; ``gates="learned"`` (the paper's) trains
+  ``gamma = sigmoid(rho / s)``.
+- ``straight_through=True``: the posterior mean's value is unchanged, but its
+  gradient reaches the anchors as if ``phi`` followed them (a straight-through
+  estimator [1] of the ``tau -> 0`` limit of the assignments), so the weights can
+  change component; the anchors must then require grad.
+
+**References**
+
+[1] Y. Bengio, N. Léonard, A. Courville, "Estimating or Propagating Gradients
+    Through Stochastic Neurons for Conditional Computation", arXiv:1308.3432 (2013).
+
 Example::
 
     >>> import torch, pyro
@@ -43,10 +59,11 @@ from .kmeans import kmeans_1d
 class SiteParams(PyroModule):
     """Variational parameters of one compressed site (a weight tensor)."""
 
-    def __init__(self, anchor, grouping, settings):
+    def __init__(self, anchor, grouping, settings, hard_gates=False):
         super().__init__()
         self.grouping = grouping
         self.settings = settings
+        self.hard_gates = bool(hard_gates)
         num_components = settings.num_components
         inits = [kmeans_1d(members, num_components) for members in grouping.members(anchor.detach())]
         locs = torch.stack([i.locs for i in inits]).to(anchor)
@@ -63,9 +80,29 @@ class SiteParams(PyroModule):
             self.register_buffer("group_index", grouping.index)
 
     def gate_probs(self):
-        """``gamma = sigmoid(rho / s)``, exactly zero where masked."""
+        """``gamma = sigmoid(rho / s)``, exactly zero where masked (with hard gates: the mask, 0 or 1)."""
+        if self.hard_gates:
+            return self.mask.to(self.rho.dtype)
         gate = torch.sigmoid(self.rho / self.settings.gate_temperature)
         return gate * self.mask
+
+    @torch.no_grad()
+    def refit_codebook(self, anchor):
+        """
+        Re-initialize the codebook (means, stds, mixing weights) of every group by
+        k-means on its unmasked anchors, as at construction but on the survivors
+        (groups without survivors keep theirs). The M-step that keeps ``K`` values
+        for the weights that remain after pruning.
+        """
+        locs, scales, logits = (t.detach().clone() for t in (self.locs, self.scales, self.logits))
+        groups = zip(self.grouping.members(anchor.detach()), self.grouping.members(self.mask))
+        for g, (members, keep) in enumerate(groups):
+            survivors = members[keep]
+            if survivors.numel() == 0:
+                continue
+            init = kmeans_1d(survivors, locs.shape[-1])
+            locs[g], scales[g], logits[g] = init.locs, init.scales, init.weights.log()
+        self.locs, self.scales, self.logits = locs, scales, logits  # PyroModule: sets the parameters' values
 
     def component_probs(self, anchor, tau=None):
         """``phi`` of every weight: shape ``anchor.shape + (K,)``."""
@@ -87,14 +124,32 @@ class SQSGuide(AutoMessenger):
         ``.sites``: name -> object with ``anchor`` and ``settings``).
     :param dict groupings: optional ``name -> Grouping`` overriding the windows
         that the sites' settings ask for.
+    :param str gates: ``"learned"`` (``gamma = sigmoid(rho / s)``) or ``"hard"``
+        (``gamma`` = the mask; see the module docstring).
+    :param bool straight_through: straight-through gradients to the anchors.
     """
 
-    def __init__(self, model, *, groupings=None, amortized_plates=()):
+    GATES = ("learned", "hard")
+
+    def __init__(self, model, *, groupings=None, gates="learned", straight_through=False, amortized_plates=()):
         super().__init__(model, amortized_plates=amortized_plates)
         groupings = groupings or {}
         for name, site in model.sites.items():
             grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings)
             deep_setattr(self, "site_params." + name, SiteParams(site.anchor, grouping, site.settings))
+        self.configure(gates=gates, straight_through=straight_through)
+
+    def configure(self, *, gates=None, straight_through=None):
+        """Set the gate family and the anchors' gradient (``None`` leaves one as it is)."""
+        if gates is not None:
+            if gates not in self.GATES:
+                raise ValueError(f"gates must be one of {self.GATES}, got {gates!r}")
+            self.gates = gates
+            for name in self.site_names:
+                self.params_of(name).hard_gates = gates == "hard"
+        if straight_through is not None:
+            self.straight_through = bool(straight_through)
+        return self
 
     def params_of(self, name):
         """The :class:`SiteParams` of site ``name``."""
@@ -124,13 +179,21 @@ class SQSGuide(AutoMessenger):
         anchor = self.model.sites[name].anchor
         g = p.grouping.gather
         if not (self.fused if fused is None else fused):
+            if self.straight_through:
+                raise ValueError("straight-through gradients need the fused posterior (fused=True)")
             q = SparseGMM(p.gate_probs(), p.component_probs(anchor, tau), g(p.locs), g(p.scales))
         else:
             index = p.grouping.index  # windows: (G, K) tables indexed per weight, not gathered
             codebook = (p.locs, p.scales, p.logits) if index is not None else map(g, (p.locs, p.scales, p.logits))
             tau = p.settings.tau if tau is None else tau
-            q = AnchoredSparseGMM(p.gate_probs(), anchor, *codebook, tau, group_index=index)
+            q = AnchoredSparseGMM(p.gate_probs(), anchor, *codebook, tau, group_index=index,
+                                  straight_through=self.straight_through)
         return q.to_event(anchor.dim())
+
+    def refit_codebooks(self):
+        """:meth:`SiteParams.refit_codebook` of every site (after the masks change)."""
+        for name, site in self.model.sites.items():
+            self.params_of(name).refit_codebook(site.anchor)
 
     def masks(self):
         """``name -> bool mask`` (False = pruned)."""

@@ -25,6 +25,7 @@ import tomli_w
 
 from .io import atomic_write
 from .prior_spec import PriorSpec
+from .recipes import RECIPE_FIELDS, recipe_values
 
 
 @dataclass
@@ -54,20 +55,37 @@ class CompressConfig:
     Fashion-MNIST), so the cubic schedule, not the KL, must set the sparsity.
     The paper's research code also weights the KL differently from the proper
     ELBO (method.md §8).
+
+    ``recipe`` names a preset of :mod:`sqs_pyro.recipes` (``"sqs"``, the
+    default, or ``"paper"``); the fields it sets (``score``, ``gates``,
+    ``anchors``, ``refit_codebooks``, ``prune_start``, ``prune_end``,
+    ``lr_schedule``) stay ``None`` here unless given, and :meth:`resolved` fills
+    them in. ``anchor_lr`` is the learning rate of straight-through anchors.
     """
 
     epochs: float = 1.0
     lr: float = 1e-3
     gate_lr: float = 1e-2
+    anchor_lr: float = 1e-3
     kl_weight: float = 1e-3
     plug_in: str = "mean"
     pruning: str = "cubic"
     sparsity: float = 0.5
-    prune_start: float = 0.1
-    prune_end: float = 0.6
-    score: str = "rho"
+    recipe: str = "sqs"
+    prune_start: Optional[float] = None
+    prune_end: Optional[float] = None
+    score: Optional[str] = None
+    gates: Optional[str] = None
+    anchors: Optional[str] = None
+    refit_codebooks: Optional[bool] = None
+    lr_schedule: Optional[str] = None
     checkpoint_every: int = 200
     log_every: int = 10
+
+    def resolved(self):
+        """A copy with every unset recipe field taken from :attr:`recipe`."""
+        values = recipe_values(self.recipe)
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -86,7 +104,11 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "compress": CompressConfi
 _CHOICES = {
     ("compress", "plug_in"): ("mean", "sample"),
     ("compress", "pruning"): ("cubic", "posterior", "none"),
-    ("compress", "score"): ("rho", "magnitude"),
+    ("compress", "score"): ("rho", "magnitude", "anchor"),
+    ("compress", "gates"): ("learned", "hard"),
+    ("compress", "anchors"): ("frozen", "straight-through"),
+    ("compress", "lr_schedule"): ("constant", "cosine"),
+    ("compress", "refit_codebooks"): (True, False),
     ("export", "codebook_dtype"): ("float16", "float32"),
 }
 
@@ -176,13 +198,17 @@ class RunConfig:
         return type(self).from_dict(d)
 
     def validate(self):
+        recipe_values(self.compress.recipe)  # a known recipe
         for (section, key), choices in _CHOICES.items():
             value = getattr(getattr(self, section), key)
+            if value is None and section == "compress" and key in RECIPE_FIELDS:
+                continue  # taken from the recipe
             if value not in choices:
                 raise ValueError(f"[{section}] {key} = {value!r} is not one of {choices}")
         if not 0.0 <= self.compress.sparsity < 1.0:
             raise ValueError(f"[compress] sparsity must lie in [0, 1), got {self.compress.sparsity}")
-        if not 0.0 <= self.compress.prune_start <= self.compress.prune_end <= 1.0:
+        compress = self.compress.resolved()
+        if not 0.0 <= compress.prune_start <= compress.prune_end <= 1.0:
             raise ValueError("[compress] need 0 <= prune_start <= prune_end <= 1 (fractions of the run)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")

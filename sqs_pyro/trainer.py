@@ -109,7 +109,13 @@ class SQSTrainer:
 
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
                  progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl"):
+        cfg = cfg.resolved()  # the recipe's choices filled in (sqs_pyro.recipes)
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
+        straight_through = cfg.anchors == "straight-through"
+        guide.configure(gates=cfg.gates, straight_through=straight_through)
+        self.anchors = [site.anchor for site in model.sites.values()] if straight_through else []
+        for anchor in self.anchors:
+            anchor.requires_grad_(True)
         self._order = (None, None)  # (epoch, its order), computed once per epoch
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
@@ -137,11 +143,22 @@ class SQSTrainer:
         gates, others = [], []
         for name, p in self.guide.named_parameters():
             (gates if name.endswith("rho_unconstrained") or name.endswith(".rho") else others).append(p)
-        others += [p for _, p in self.model.point_parameters()]
+        anchors = {id(a) for a in self.anchors}
+        others += [p for _, p in self.model.point_parameters() if id(p) not in anchors]
         groups = [{"params": others, "lr": self.cfg.lr}]
-        if gates:
+        if gates and self.cfg.gates == "learned":
             groups.append({"params": gates, "lr": self.cfg.gate_lr})
+        if self.anchors:
+            groups.append({"params": self.anchors, "lr": self.cfg.anchor_lr})
+        for group in groups:
+            group["base_lr"] = group["lr"]
         return torch.optim.Adam(groups)
+
+    def lr_factor(self, step):
+        """The learning-rate multiplier at ``step``: 1, or a cosine decay to 0 over the run."""
+        if self.cfg.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / self.total_steps))
 
     # batches -------------------------------------------------------------------------------------
     def batch_indices(self, step):
@@ -168,6 +185,8 @@ class SQSTrainer:
             p = self.guide.params_of(name)
             if self.cfg.score == "rho":
                 s = p.rho.detach().clone()
+            elif self.cfg.score == "anchor":
+                s = site.anchor.detach().abs()
             else:
                 s = self.guide.posterior(name).mean.abs()
             out[name] = s.masked_fill(~p.mask, float("-inf"))
@@ -181,6 +200,14 @@ class SQSTrainer:
         current = self.mask_sparsity()
         if target > current:
             self.guide.set_masks(global_topk_masks(self.scores(), target))
+            if self.cfg.refit_codebooks and self._refit_due(step):
+                self.guide.refit_codebooks()
+
+    def _refit_due(self, step):
+        # Refit when the target crosses a whole percent, and at the final mask: a
+        # pure function of the step, so a resumed run refits where an uninterrupted one does.
+        now, before = self.target_sparsity(step), self.target_sparsity(step - 1) if step > 0 else 0.0
+        return int(100 * now) > int(100 * before) or (now >= self.cfg.sparsity > before)
 
     @torch.no_grad()
     def mask_sparsity(self):
@@ -248,6 +275,8 @@ class SQSTrainer:
         idx = self.batch_indices(t)
         x, y = self.to_device(self.data.get(idx))
         self.model.net.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.lr_factor(t)
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self.loss_module(x, y, idx.to(y.device if torch.is_tensor(y) else "cpu"))

@@ -60,7 +60,8 @@ NOTES = {
     "for {dc_c} epochs.",
     "dgms": "GMM with a component pinned at 0 (K nonzero components + the zero one), no gate, soft weights "
     "sum_k phi_k mu_k, task loss only (SQSELBO with kl_weight=0), Adam at the SQS lr for the SQS budget; zero "
-    "component initialized on the target fraction of smallest-magnitude weights; argmax export.",
+    "component initialized on the target fraction of smallest-magnitude weights; export at the target sparsity "
+    "(the weights whose zero component is most probable are pruned, the others take their argmax nonzero value).",
     "sqs-gaussian": "prior N(0, sigma_0^2) (spike=False), otherwise the SQS run:",
     "sqs": "spike-and-slab prior,",
     "sqs-common": " SQS guide, {pruning} pruning schedule, kl_weight {kl:g}; greedy MAP export, Bayesian averaging "
@@ -206,7 +207,7 @@ class _Run:
         t0 = time.time()
         model, guide = train_dgms(fresh_copy(self.net), self.prior, self.train, sparsity=self.sparsity,
                                   **self.train_kwargs)
-        compressed = guide.hard_assignment(codebook_dtype=self.dtype)
+        compressed = guide.hard_assignment(codebook_dtype=self.dtype, sparsity=self.sparsity)
         net = apply_compressed(copy.deepcopy(model.net), compressed)
         return self.export("dgms", net, compressed, t0, notes=NOTES["dgms"])
 

@@ -81,6 +81,10 @@ class AnchoredSparseGMM(SparseGMM):
         ``anchor``: the row of the ``(G, K)`` tables of each weight.
     :param float temperature: temperature of the relaxation in :meth:`rsample`.
     :param int chunk_size: weights per chunk of the fused operation.
+    :param bool straight_through: :attr:`mean` keeps its value but its gradient
+        reaches ``anchor`` as ``gate_probs`` (a straight-through estimator of the
+        ``tau -> 0`` assignment, Bengio et al. 2013), so anchors can move between
+        components. Only :attr:`mean` (the posterior-mean plug-in) is affected.
     """
 
     arg_constraints = {
@@ -103,6 +107,7 @@ class AnchoredSparseGMM(SparseGMM):
         group_index=None,
         temperature=0.1,
         chunk_size=None,
+        straight_through=False,
         validate_args=None,
     ):
         codebook = (locs, scales, logits)
@@ -125,6 +130,7 @@ class AnchoredSparseGMM(SparseGMM):
         self.tau = float(tau)
         self.temperature = temperature
         self.chunk_size = chunk_size
+        self.straight_through = bool(straight_through)
         super(SparseGMM, self).__init__(batch_shape, validate_args=validate_args)
         if self._validate_args:
             self._validate_tables()
@@ -188,6 +194,8 @@ class AnchoredSparseGMM(SparseGMM):
     @property
     def mean(self):
         (mean,) = self.expectations(self._codebook[0], gate=self.gate_probs)
+        if self.straight_through and self.anchor.requires_grad:
+            mean = mean + self.gate_probs * (self.anchor - self.anchor.detach())
         return mean
 
     @property
@@ -211,6 +219,7 @@ class AnchoredSparseGMM(SparseGMM):
         new.tau = self.tau
         new.temperature = self.temperature
         new.chunk_size = self.chunk_size
+        new.straight_through = self.straight_through
         super(SparseGMM, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
