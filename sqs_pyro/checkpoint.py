@@ -167,7 +167,10 @@ def _sniff(path):
     size = os.path.getsize(path)
     if len(head) < 9 or struct.unpack("<Q", head[:8])[0] + 8 > size or head[8:9] != b"{":
         kind = ("a torch.save zip archive (pickle inside)" if head.startswith(b"PK")
-                else "a pickle" if head[:1] == b"\x80" else "not a safetensors file")
+                else "a pickle" if head[:1] == b"\x80" else None)
+        if kind is None:
+            raise CheckpointError(f"checkpoint {path} is unreadable (not a safetensors file: truncated or of "
+                                  "another format); delete it to start over")
         raise CheckpointError(
             f"{path} is {kind}: sqs-pyro reads checkpoints and base networks only as safetensors "
             "(unpickling can run arbitrary code). Convert a file you trust with "

@@ -193,7 +193,7 @@ class RunConfig:
     def from_file(cls, path):
         path = pathlib.Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist")
         if path.is_dir():
             raise ConfigError(f"config file {path} is a directory, expected a TOML file")
         try:
