@@ -5,6 +5,7 @@ registers the network and calls the CLI (for tests that kill it): ``python _tiny
 """
 
 import os
+import re
 import sys
 
 TINY_ARCH = "tiny-test-cnn"
@@ -63,9 +64,9 @@ def write_config(directory, **extra):
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "tiny.toml")
     text = CONFIG
-    if extra:
-        top = "".join(f"{k} = {v}\n" for k, v in extra.items())
-        text = top + text
+    for k, v in extra.items():  # top-level keys replace the tiny config's own
+        text = re.sub(rf"^{k} = .*$", f"{k} = {v}", text, count=1, flags=re.M) if re.search(rf"^{k} = ", text, re.M) \
+            else f"{k} = {v}\n" + text
     with open(path, "w") as f:
         f.write(text)
     return path
