@@ -125,7 +125,15 @@ def assert_same_tensors(a, b):
 
 if __name__ == "__main__":
     register_tiny_arch()
+    import time
+
     import torch
+
+    if os.environ.get("TINY_RUN_STEP_SECONDS"):  # slow steps, so that a test can kill the run mid-way
+        from sqs_pyro.trainer import SQSTrainer
+
+        step, delay = SQSTrainer.step, float(os.environ["TINY_RUN_STEP_SECONDS"])
+        SQSTrainer.step = lambda self: (time.sleep(delay), step(self))[1]
 
     torch.set_num_threads(1)
     from sqs_pyro.cli import main
