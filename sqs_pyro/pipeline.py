@@ -6,8 +6,8 @@ writes the run directory, so each is also a CLI subcommand.
 Run directory::
 
     config.toml              the effective configuration
-    base.pt                  the base (pretrained) network and its accuracy
-    checkpoint.pt, log.jsonl SVI state and per-step log (resume with --resume)
+    base.pt                  the base (pretrained) network and its accuracy (safetensors + JSON, no pickle)
+    checkpoint.pt, log.jsonl SVI state (safetensors + JSON, with the run identity) and per-step log (--resume)
     compressed.safetensors   the exported compressed network (+ .ec.safetensors, entropy coded)
     results.json             accuracies, sparsity, sizes
 

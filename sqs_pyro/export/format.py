@@ -27,7 +27,11 @@ float32 holding exactly the stored values.
 
 :func:`load` checks format, version and checksum and raises
 :class:`CompressedFileError` (a ``ValueError``) naming the file and the problem
-for a truncated, corrupted or foreign file: never silently wrong weights.
+for a truncated, corrupted or foreign file. Decoding is bounded (every count
+checked against the bytes that hold it, at most :data:`ELEMENTS_PER_BYTE`
+weights per byte of file). The checksum proves integrity, not authorship:
+whoever edits a file can recompute it, so pass ``expected_sha256=`` (the
+SHA-256 of a file you trust) when that matters.
 
 Example::
 
