@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -118,6 +119,8 @@ def test_foreign_compressed_file_is_refused(finished, tmp_path, capsys):
 
     with pytest.raises(RunMismatchError):
         RunDir(run).size_report()
+    assert cli(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0  # the report says so in the page
+    assert "belongs to another run" in (tmp_path / "r.html").read_text()
     shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")  # and another run's checkpoint
     assert cli(["evaluate", "--out", str(run)]) == 5
     assert "belongs to another run" in capsys.readouterr().err
@@ -138,3 +141,23 @@ def test_run_identity_is_stored_everywhere(finished):
     ident = checkpoint_info(finished / "checkpoint.pt", "identity")
     assert len(ident["config_sha256"]) == 64 and len(ident["base_sha256"]) == 64
     assert read_manifest(finished / "compressed.safetensors")["metadata"]["run_identity"] == ident
+
+
+def test_two_compress_runs_on_one_directory(tmp_path, capsys):
+    """Finding 3: two runs on one --out both exited 0 and wrote every log row twice."""
+    cfg = write_config(tmp_path)
+    out = tmp_path / "run"
+    script = os.path.join(os.path.dirname(__file__), "_tiny_run.py")
+    first = subprocess.Popen([sys.executable, script, "compress", "--config", cfg, "--out", str(out), "--no-progress"],
+                             env={**os.environ, "TINY_RUN_STEP_SECONDS": "1.0"}, stderr=subprocess.PIPE, text=True)
+    import sqs_pyro.pipeline  # noqa: F401 - imported before the race, so that the second run is quick
+
+    while first.poll() is None and not (out / "log.jsonl").exists():
+        time.sleep(0.02)
+    assert first.poll() is None
+    assert cli(["compress", "--config", cfg, "--out", str(out), "--sparsity", "0.9"]) == 4
+    assert f"pid {first.pid}" in capsys.readouterr().err
+    assert first.wait() == 0, first.stderr.read()
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
+    assert steps == list(range(1, 9))  # every row once
+    assert "sparsity = 0.5" in (out / "config.toml").read_text()
