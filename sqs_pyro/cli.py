@@ -149,7 +149,7 @@ def main(argv=None):
         return _dispatch(command, cfg, args)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
         code = exit_code(e)
-        if getattr(args, "debug", False):
+        if getattr(args, "debug", False) or "--debug" in (sys.argv[1:] if argv is None else argv):
             traceback.print_exc()
         message = " ".join(str(e).split()) or type(e).__name__
         if code == 1:
