@@ -43,10 +43,23 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _nonfinite_message(exc):
-    """True for the distribution-validation errors that a NaN or infinite parameter causes."""
+    """True for the distribution-validation errors that a NaN or infinite parameter (or an overflow of its
+    transform, e.g. ``exp`` of a huge scale) causes: "... but found invalid values: tensor([inf, ...])"."""
     import re
 
-    return re.search(r"\b(nan|inf|-inf)\b", str(exc).lower()) is not None
+    text = str(exc).lower()
+    return "invalid values" in text and re.search(r"\b(nan|inf)\b", text) is not None
+
+
+def _tensors_in(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_in(v)
 
 
 def _all_finite(tensors):
@@ -228,9 +241,7 @@ class SQSTrainer:
     def save(self):
         if self.rank == 0:
             state = self.state_dict()
-            tensors = [*state["guide"].values(), *state["net"].values(),
-                       *(v for s in state["optimizer"]["state"].values() for v in s.values())]
-            if not _all_finite(tensors):
+            if not _all_finite(_tensors_in(state)):  # guide, network and optimizer state
                 raise NonFiniteLossError(f"non-finite parameters at step {self.state.step}: not saved. "
                                          + self._kept_message())
             if self.identity is not None:
@@ -242,8 +253,8 @@ class SQSTrainer:
 
     def _kept_message(self):
         if self._saved_step is None:
-            return (f"No checkpoint of this run exists yet (none was written before the failure), so there is "
-                    f"nothing to resume: lower the learning rate or kl_weight and start again")
+            return ("No checkpoint of this run exists yet (none was written before the failure), so there is "
+                    "nothing to resume: lower the learning rate or kl_weight and start again")
         return (f"The last good checkpoint (step {self._saved_step}) is kept at {self.checkpoint_path}: lower the "
                 "learning rate or kl_weight and resume with --resume")
 
