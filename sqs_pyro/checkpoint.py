@@ -267,10 +267,20 @@ def set_rng_state(state):
 # ---------------------------------------------------------------- conversion of trusted old files
 
 
+def _numpy_allow_list():
+    """What ``weights_only=True`` must also accept to read numpy arrays (the numpy RNG state of old
+    checkpoints): the array type, dtypes and numpy's array reconstructor, nothing that runs other code."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in ("uint32", "int64", "float64", "uint8", "int32", "float32")]
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, *dtypes]
+
+
 def convert(src, dst):
-    """Rewrite a trusted ``torch.save`` file (plain tensors and containers only: ``weights_only=True``) in
-    the safe format."""
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    """Rewrite a trusted ``torch.save`` file in the safe format: ``torch.load(weights_only=True)`` (tensors,
+    containers, numbers, strings, and numpy arrays through a short allow-list), so even this one-off
+    conversion runs no code from the file."""
+    with torch.serialization.safe_globals(_numpy_allow_list()):
+        state = torch.load(src, map_location="cpu", weights_only=True)
     save_checkpoint(dst, state)
     return dst
 

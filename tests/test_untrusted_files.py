@@ -108,6 +108,11 @@ def test_trusted_old_files_convert(tmp_path):
     torch.save({"arch": "small-cnn", "state_dict": {"w": torch.ones(2)}, "test_accuracy": 0.5}, old)
     convert(old, new)
     assert load_checkpoint(new)["state_dict"]["w"].tolist() == [1.0, 1.0]
+    from sqs_pyro.checkpoint import rng_state, set_rng_state
+
+    torch.save({"step": 4, "rng": rng_state()}, old)  # an old checkpoint: numpy RNG state via the allow-list
+    convert(old, new)
+    set_rng_state(load_checkpoint(new)["rng"])
     marker = tmp_path / "MARKER"
     write_evil(old, str(marker), "torch.save")
     with pytest.raises(Exception):
