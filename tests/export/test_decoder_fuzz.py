@@ -15,7 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from sqs_pyro.export import CompressedFileError, CompressedTensor, load, load_into, save
+from sqs_pyro.export import CompressedFileError, CompressedTensor, load, load_into, save, size_report
 from sqs_pyro.export.format import ELEMENTS_PER_BYTE, _checksum
 
 from .test_export_format import random_compressed
@@ -128,6 +128,12 @@ def test_fuzz_decoder_never_crashes_and_stays_bounded(tmp_path):
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         worst = max(worst, peak / max(1, len(raw)))
+        try:  # the size report (plot sizes, report) reads the manifest alone: same rule
+            size_report(target)
+        except CompressedFileError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"size_report after {kind}: {type(e).__name__} escaped: {e}")
         assert peak <= BYTES_PER_FILE_BYTE * max(1, len(raw)) + (1 << 20), (kind, peak, len(raw))
     assert sum(outcomes.values()) == 380
     assert outcomes["refused"] > 250, outcomes  # nearly every flip, truncation and inconsistent edit
