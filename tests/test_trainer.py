@@ -198,10 +198,20 @@ def test_message_says_when_no_checkpoint_exists(tmp_path):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
-def test_cli_nonfinite_is_one_line_and_exit_code_6(tmp_path, capsys):
+@pytest.mark.parametrize("setting, says", [("compress.kl_weight=1e38", "No checkpoint of this run exists yet"),
+                                           ("compress.lr=1e10", "checkpoint"), ("compress.lr=100.0", "checkpoint")])
+def test_cli_nonfinite_is_one_line_and_exit_code_6(tmp_path, capsys, setting, says):
+    """On the tiny CLI run, lr=1e10 escaped as "Expected parameter scales ... inf" (exit 2), lr=100 and
+    kl_weight=1e38 as a NonFiniteLossError traceback."""
     from ._tiny_run import cli, write_config
 
     cfg = write_config(tmp_path)
-    assert cli(["compress", "--config", cfg, "--out", str(tmp_path / "run"), "--set", "compress.kl_weight=1e38"]) == 6
+    out = tmp_path / "run"
+    assert cli(["compress", "--config", cfg, "--out", str(out), "--set", setting, "--set",
+                "compress.checkpoint_every=1"]) == 6
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "No checkpoint" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and says in err, err
+    if (out / "checkpoint.pt").exists():  # whatever was kept is finite and loads
+        ckpt = load_checkpoint(out / "checkpoint.pt")
+        assert f"step {ckpt['step']}" in err
+        assert all(torch.isfinite(v).all() for v in ckpt["guide"].values() if v.is_floating_point())
