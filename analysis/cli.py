@@ -13,7 +13,6 @@ Example::
 """
 
 import os
-import sys
 
 __all__ = ["PLOT_KINDS", "add_parser", "plot_command", "report_command"]
 
@@ -62,12 +61,9 @@ def add_parser(subparsers):
 def report_command(args):
     from .report import write_report
 
-    try:
-        path = write_report(args.run_dir, args.out, diagnostics=args.diagnostics, num_draws=args.draws,
-                            max_examples=args.examples or None, image_format=args.format, device=args.device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"sqs-pyro report: error: {e}", file=sys.stderr)
-        return 2
+    # errors reach sqs_pyro.cli.main, which prints one line and exits with the error's code
+    path = write_report(args.run_dir, args.out, diagnostics=args.diagnostics, num_draws=args.draws,
+                        max_examples=args.examples or None, image_format=args.format, device=args.device)
     print(path)
     return 0
 
@@ -107,13 +103,9 @@ def plot_command(args):
     from .plots import save_figure
     from .run_dir import RunDir
 
-    try:
-        run = RunDir(args.run_dir)
-        fig = _make_figure(args.kind, run, args)
-        out_dir = args.out or os.path.join(run.path, "figures")
-        (path,) = save_figure(fig, os.path.join(out_dir, args.kind), formats=(args.format,))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"sqs-pyro plot: error: {e}", file=sys.stderr)
-        return 2
+    run = RunDir(args.run_dir)  # errors reach sqs_pyro.cli.main: one line and the error's exit code
+    fig = _make_figure(args.kind, run, args)
+    out_dir = args.out or os.path.join(run.path, "figures")
+    (path,) = save_figure(fig, os.path.join(out_dir, args.kind), formats=(args.format,))
     print(path)
     return 0

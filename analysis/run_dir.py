@@ -81,12 +81,39 @@ class RunDir:
         p = self.file(DIAGNOSTICS_NAME)
         return None if p is None else json.loads(p.read_text())
 
+    def identity(self):
+        """The run identity this directory's files must carry: the checkpoint's (checked against
+        ``config.toml``), else that of ``results.json``, else the config's alone; ``None`` if none is known.
+        A checkpoint written with another config is a :class:`~sqs_pyro.errors.RunMismatchError`."""
+        from sqs_pyro.checkpoint import checkpoint_info
+        from sqs_pyro.identity import check_identity, run_identity
+
+        cfg = self.config()
+        own = run_identity(cfg) if cfg is not None else None
+        found = checkpoint_info(os.fspath(self.checkpoint_path), "identity") if self.checkpoint_path else None
+        if found is None:
+            found = (self.results() or {}).get("run_identity")
+        check_identity(found, own, f"the checkpoint/results in {self.path}",
+                       hint="config.toml was changed after the run, or the files come from another run")
+        return found or own
+
     def size_report(self, entropy_coded=False):
-        """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file."""
-        from sqs_pyro.export import size_report
+        """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file, after checking
+        that the file was written by this run (its ``run_identity`` metadata)."""
+        from sqs_pyro.export import read_manifest, size_report
+        from sqs_pyro.identity import check_identity
 
         path = self.export_ec_path if entropy_coded else self.export_path
-        return None if path is None else size_report(os.fspath(path))
+        if path is None:
+            return None
+        own = self.identity()
+        found = read_manifest(os.fspath(path))["metadata"].get("run_identity")
+        if own is not None and found is None:
+            from sqs_pyro.errors import RunMismatchError
+
+            raise RunMismatchError(f"{path} carries no run identity: it was not exported by this run; export again")
+        check_identity(found, own, os.fspath(path), hint="export this run again (sqs-pyro export --out RUN_DIR)")
+        return size_report(os.fspath(path))
 
     def num_components(self):
         """``K`` of the run's default prior (None if the config does not say)."""
@@ -145,6 +172,6 @@ class RunDir:
         pyro.settings.set(module_local_params=True)  # as the trainer: guide parameters live in the guide
         device = torch.device(device)
         train, test, info = pipeline.load_data(cfg)
-        net, _ = pipeline.base_network(cfg, train, test, info, device, progress=False)
+        net, _ = pipeline.base_network(cfg, train, test, info, device, progress=False, train_if_missing=False)
         model, guide = pipeline.load_compressed_run(cfg, net, len(train), device)
         return model, guide, (train, test, info)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
 
+from sqs_pyro.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from sqs_pyro.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
@@ -184,15 +185,14 @@ def base_network(net, args, train):
     """Load the fine-tuned base from its checkpoint, or fine-tune ``net`` and save it. Returns ``(net, info)``."""
     path = args.base_checkpoint or os.path.join(args.out, "base.pt")
     if os.path.exists(path):
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)  # safetensors + JSON, checksum verified: no pickle
         net.load_state_dict(state["state_dict"])
         return net.eval(), {**state["info"], "loaded_from": path}
     with Timer() as t:
         history = fine_tune(net, train, epochs=args.base_epochs, lr=args.base_lr, batch_size=args.batch_size,
                             seed=args.seed, progress=args.progress)
     info = {"epochs": args.base_epochs, "lr": args.base_lr, "train_loss": history, "seconds": t.seconds}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "info": info}, path)
+    save_checkpoint(path, {"state_dict": net.state_dict(), "info": info})
     return net, info
 
 

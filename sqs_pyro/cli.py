@@ -15,12 +15,15 @@ Example::
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
+import traceback
 
 from .config import RunConfig
+from .errors import EXIT_CODES, ConfigError, InputFileError, exit_code
 
 SUBCOMMANDS = ("run", "train-base", "compress", "evaluate", "export", "baselines")
 PLUGINS = ("sqs_pyro.analysis.cli", "sqs_pyro.analysis.consistency_cli")
@@ -36,8 +39,13 @@ def _common(p):
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--num-components", "-K", type=int, dest="num_components", help="codebook size K of every layer")
     p.add_argument("--sparsity", type=float, help="target sparsity of the cubic schedule")
-    p.add_argument("--smoke", action="store_true", help="a small, fast version of the run (for CI)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--smoke", action="store_true",
+                   help="a small, fast version of the run (for CI); it sets only keys that the --config file "
+                   "does not set (flags and --set still override it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (config: --config, else the run "
+                   "directory's config.toml; a change to a key of the run's identity is an error)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-baselines", action="store_true", help="the main job without the baselines")
@@ -58,20 +66,48 @@ def build_parser():
         _common(sub.add_parser(name, help=helps[name]))
     for module in PLUGINS:  # subcommands with their own flags: report, plot, consistency
         importlib.import_module(module).add_parser(sub)
+    for name, p in sub.choices.items():
+        if name not in SUBCOMMANDS:
+            p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     _common(parser)
+    parser.epilog = "exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
+    for p in sub.choices.values():
+        p.epilog = parser.epilog
     return parser
+
+
+#: Commands that read an existing run: their config defaults to the run directory's ``config.toml``.
+READS_RUN = ("evaluate", "export")
+
+
+def _file_keys(path):
+    """Dotted keys that a TOML config file sets."""
+    import tomllib
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "prior":
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    return set(walk(tomllib.loads(open(path, "rb").read().decode("utf-8")), ""))
 
 
 def load_config(args):
     """The effective config: file, then flags, then ``--set`` overrides."""
-    from .pipeline import default_prior_for, smoke_config
+    from .pipeline import CONFIG_NAME, default_prior_for, smoke_config
 
-    cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
+    path = args.config
+    out = args.out or ("runs/smoke" if args.smoke and not args.config else None)
+    if path is None and ((args.command or "run") in READS_RUN or args.resume):
+        own = os.path.join(out or RunConfig().out_dir, CONFIG_NAME)
+        if os.path.isfile(own):
+            path, out = own, out or RunConfig().out_dir
+    cfg = RunConfig.from_file(path) if path else RunConfig()
     overrides = []
-    if args.out:
-        overrides.append(f'out_dir="{args.out}"')
-    elif args.smoke and not args.config:
-        overrides.append('out_dir="runs/smoke"')
+    if out:
+        overrides.append(f"out_dir={json.dumps(out)}")
     if args.model:
         overrides.append(f'model.arch="{args.model}"')
     if args.device:
@@ -82,32 +118,53 @@ def load_config(args):
         overrides.append(f"compress.sparsity={args.sparsity}")
     cfg = cfg.override(overrides)
     if args.smoke:
-        cfg = smoke_config(cfg)
+        cfg = smoke_config(cfg, keep=_file_keys(path) if path else ())
     if cfg.prior is None:
         cfg = cfg.replace_prior(default_prior_for(cfg.model.arch))
     if args.num_components is not None:
         cfg = cfg.override([f"prior._default.num_components={args.num_components}"])
-    return cfg.override(args.set)
+    cfg = cfg.override(args.set)
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise InputFileError(f"run directory (--out / out_dir) {cfg.out_dir} is an existing file, not a directory")
+    return cfg
 
 
 def main(argv=None):
+    """Run a command; every expected error is one line on stderr and an exit code of :data:`EXIT_CODES`."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "handler", None) is not None:
-        return args.handler(args)
     command = args.command or "run"
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "handler", None) is not None:
+            return args.handler(args)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads {args.threads}: must be >= 1")
+            import torch
+
+            torch.set_num_threads(args.threads)
         cfg = load_config(args)
         from .distributed import init_from_env
 
         init_from_env(cfg.device)
         return _dispatch(command, cfg, args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"sqs-pyro {command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
+        code = exit_code(e)
+        if getattr(args, "debug", False) or "--debug" in (sys.argv[1:] if argv is None else argv):
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or type(e).__name__
+        if code == 1:
+            message = f"internal error ({type(e).__name__}: {message}); rerun with --debug for the traceback"
+        elif code == 130:
+            message = "interrupted"
+        print(f"sqs-pyro {command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _lock(cfg, command):
+    from .distributed import is_main_process
+    from .lock import RunDirLock
+
+    return RunDirLock(cfg.out_dir, command) if is_main_process() else contextlib.nullcontext()
 
 
 def _dispatch(command, cfg, args):
@@ -115,17 +172,40 @@ def _dispatch(command, cfg, args):
 
     progress = not args.no_progress
     if command == "run":
-        results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress, baselines=not args.no_baselines)
+        with _lock(cfg, command):
+            results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress,
+                                            baselines=not args.no_baselines)
         print(pipeline.format_table(results))
         return 0
+    if command == "evaluate":  # read-only: no lock, nothing written to the run directory
+        return _evaluate(cfg, pipeline)
+    with _lock(cfg, command):
+        return _write_command(command, cfg, args, pipeline, progress)
+
+
+def _evaluate(cfg, pipeline):
+    if not os.path.isdir(cfg.out_dir):
+        raise InputFileError(f"run directory {cfg.out_dir} does not exist")
+    device = pipeline.resolve_device(cfg.device)
+    train, test, info = pipeline.load_data(cfg)
+    net, _ = pipeline.base_network(cfg, train, test, info, device, progress=False, train_if_missing=False)
+    model, guide = pipeline.load_compressed_run(cfg, net, len(train), device)
+    print(json.dumps(pipeline.evaluate_posterior(cfg, model, guide, test, device), indent=2))
+    return 0
+
+
+def _write_command(command, cfg, args, pipeline, progress):
     from .distributed import is_main_process
 
     device = pipeline.resolve_device(cfg.device)
+    if args.resume:
+        pipeline.check_resume(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    if is_main_process():
+    if is_main_process() and command not in READS_RUN:
         cfg.save(os.path.join(cfg.out_dir, pipeline.CONFIG_NAME))
     train, test, info = pipeline.load_data(cfg)
-    net, base_acc = pipeline.base_network(cfg, train, test, info, device, progress)
+    net, base_acc = pipeline.base_network(cfg, train, test, info, device, progress,
+                                          train_if_missing=command not in READS_RUN)
     if command == "train-base":
         print(f"base {cfg.model.arch} on {info['name']}: test accuracy {base_acc:.4f}")
         return 0
@@ -141,12 +221,9 @@ def _dispatch(command, cfg, args):
         print(table)
         return 0
     model, guide = pipeline.load_compressed_run(cfg, net, len(train), device)
-    if command == "evaluate":
-        print(json.dumps(pipeline.evaluate_posterior(cfg, model, guide, test, device), indent=2))
-    elif command == "export":
-        out = pipeline.export_run(cfg, model, guide, test, device)
-        for kind, f in out["files"].items():
-            print(f"{kind}: {f['path']} {f['bytes']} bytes, reloaded accuracy {f['reloaded_accuracy']:.4f}")
+    out = pipeline.export_run(cfg, model, guide, test, device)
+    for kind, f in out["files"].items():
+        print(f"{kind}: {f['path']} {f['bytes']} bytes, reloaded accuracy {f['reloaded_accuracy']:.4f}")
     return 0
 
 

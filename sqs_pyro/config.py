@@ -16,16 +16,19 @@ Example::
 
 import copy
 import dataclasses
+import math
 import pathlib
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 import tomli_w
 
+from .errors import ConfigError
 from .io import atomic_write
 from .prior_spec import PriorSpec
-from .recipes import RECIPE_FIELDS, recipe_values
+from .recipes import RECIPE_FIELDS, RECIPES, recipe_values
 
 
 @dataclass
@@ -111,6 +114,52 @@ _CHOICES = {
     ("compress", "refit_codebooks"): (True, False),
     ("export", "codebook_dtype"): ("float16", "float32"),
 }
+# Ranges by dotted key ("" section for top-level keys); every field is also type-checked from its annotation
+# (so fields added later are checked too), floats must be finite. Forms: ">0", ">=1", "[0,1)", "[0,1]".
+_RANGES = {
+    "seed": "[0,4294967295]", "data.batch_size": ">=1", "data.eval_batch_size": ">=1", "data.train_subset": ">=1",
+    "data.test_subset": ">=1", "model.base_epochs": ">=1", "model.base_lr": ">0", "compress.epochs": ">0",
+    "compress.lr": ">0", "compress.gate_lr": ">0", "compress.anchor_lr": ">0", "compress.kl_weight": ">=0",
+    "compress.sparsity": "[0,1)", "compress.prune_start": "[0,1]", "compress.prune_end": "[0,1]",
+    "compress.checkpoint_every": ">=1", "compress.log_every": ">=1", "eval.num_samples": ">=1",
+    "eval.eval_temperature": ">0",
+}
+
+
+def _in_range(v, spec):
+    if spec.startswith(">="):
+        return v >= float(spec[2:])
+    if spec.startswith(">"):
+        return v > float(spec[1:])
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    return (v >= lo if spec[0] == "[" else v > lo) and (v <= hi if spec[-1] == "]" else v < hi)
+
+
+def _check_field(key, value, annotation):
+    """The value, checked against its type annotation and :data:`_RANGES` (ints widened to float where a
+    float is expected); a :class:`ConfigError` naming the key, the value and what is allowed otherwise."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(annotation) or annotation
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str), dict: lambda v: isinstance(v, dict),
+          list: lambda v: isinstance(v, (list, tuple)), tuple: lambda v: isinstance(v, (list, tuple))}.get(origin)
+    if origin is typing.Literal:
+        ok = lambda v: v in args  # noqa: E731
+    names = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string", dict: "a table"}
+    if ok is not None and not ok(value):
+        want = f"one of {args}" if origin is typing.Literal else names.get(origin, getattr(origin, "__name__", origin))
+        raise ConfigError(f"{key} = {value!r} ({type(value).__name__}): expected {want}")
+    if origin is float:
+        value = float(value)
+    spec = _RANGES.get(key)
+    if spec and isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, spec):
+        raise ConfigError(f"{key} = {value!r}: must be {'in ' if spec[0] in '[(' else ''}{spec}")
+    return value
 
 
 @dataclass
@@ -134,15 +183,15 @@ class RunConfig:
         top = {f.name for f in dataclasses.fields(cls)}
         for key, value in d.items():
             if key not in top:
-                raise ValueError(f"unknown config key {key!r}: expected one of {sorted(top)}")
+                raise ConfigError(f"unknown config key {key!r}: expected one of {sorted(top)}")
             if key in _SECTIONS:
                 section = _SECTIONS[key]
                 names = {f.name for f in dataclasses.fields(section)}
                 if not isinstance(value, dict):
-                    raise ValueError(f"config section [{key}] must be a table, got {value!r}")
+                    raise ConfigError(f"config section [{key}] must be a table, got {value!r}")
                 bad = set(value) - names
                 if bad:
-                    raise ValueError(f"unknown key(s) {sorted(bad)} in [{key}]: expected some of {sorted(names)}")
+                    raise ConfigError(f"unknown key(s) {sorted(bad)} in [{key}]: expected some of {sorted(names)}")
                 kwargs[key] = section(**value)
             else:
                 kwargs[key] = value
@@ -166,12 +215,19 @@ class RunConfig:
     def from_file(cls, path):
         path = pathlib.Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory, expected a TOML file")
         try:
-            d = tomllib.loads(path.read_text())
+            d = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
-        return cls.from_dict(d)
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
 
     def save(self, path):
         with atomic_write(path, "wb") as f:
@@ -182,7 +238,7 @@ class RunConfig:
         d = self.to_dict()
         for item in assignments:
             if "=" not in item:
-                raise ValueError(f"override {item!r} must look like section.key=value")
+                raise ConfigError(f"override {item!r} must look like section.key=value")
             key, raw = item.split("=", 1)
             try:
                 value = tomllib.loads(f"v = {raw}")["v"]
@@ -193,25 +249,36 @@ class RunConfig:
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
-                    raise ValueError(f"override {item!r}: {part!r} is not a table")
+                    raise ConfigError(f"override {item!r}: {part!r} is not a table")
             node[parts[-1]] = value
         return type(self).from_dict(d)
 
     def validate(self):
-        recipe_values(self.compress.recipe)  # a known recipe
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name in _SECTIONS:
+                section = getattr(self, f.name)
+                if not isinstance(section, _SECTIONS[f.name]):
+                    raise ConfigError(f"config section [{f.name}] must be a table, got {section!r}")
+                for g, annotation in typing.get_type_hints(type(section)).items():
+                    setattr(section, g, _check_field(f"{f.name}.{g}", getattr(section, g), annotation))
+            else:
+                setattr(self, f.name, _check_field(f.name, getattr(self, f.name), hints[f.name]))
+        if self.compress.recipe not in RECIPES:
+            raise ConfigError(f"compress.recipe = {self.compress.recipe!r}: expected one of {sorted(RECIPES)}")
         for (section, key), choices in _CHOICES.items():
             value = getattr(getattr(self, section), key)
             if value is None and section == "compress" and key in RECIPE_FIELDS:
                 continue  # taken from the recipe
             if value not in choices:
-                raise ValueError(f"[{section}] {key} = {value!r} is not one of {choices}")
+                raise ConfigError(f"[{section}] {key} = {value!r} is not one of {choices}")
         if not 0.0 <= self.compress.sparsity < 1.0:
-            raise ValueError(f"[compress] sparsity must lie in [0, 1), got {self.compress.sparsity}")
+            raise ConfigError(f"[compress] sparsity must lie in [0, 1), got {self.compress.sparsity}")
         compress = self.compress.resolved()
         if not 0.0 <= compress.prune_start <= compress.prune_end <= 1.0:
-            raise ValueError("[compress] need 0 <= prune_start <= prune_end <= 1 (fractions of the run)")
+            raise ConfigError("[compress] need 0 <= prune_start <= prune_end <= 1 (fractions of the run)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.prior is not None:
             PriorSpec.coerce(self.prior)  # validates the spec's keys and values
         return self

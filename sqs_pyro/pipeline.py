@@ -6,8 +6,8 @@ writes the run directory, so each is also a CLI subcommand.
 Run directory::
 
     config.toml              the effective configuration
-    base.pt                  the base (pretrained) network and its accuracy
-    checkpoint.pt, log.jsonl SVI state and per-step log (resume with --resume)
+    base.pt                  the base (pretrained) network and its accuracy (safetensors + JSON, no pickle)
+    checkpoint.pt, log.jsonl SVI state (safetensors + JSON, with the run identity) and per-step log (--resume)
     compressed.safetensors   the exported compressed network (+ .ec.safetensors, entropy coded)
     results.json             accuracies, sparsity, sizes
 
@@ -35,6 +35,7 @@ from .trainer import SQSTrainer, TensorData
 
 BASE_NAME = "base.pt"
 CONFIG_NAME = "config.toml"
+CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "compressed.safetensors"
 EXPORT_EC_NAME = "compressed.ec.safetensors"
 RESULTS_NAME = "results.json"
@@ -49,18 +50,18 @@ def resolve_device(name):
     return local_device(torch.device(name))
 
 
-def smoke_config(cfg):
-    """Shrink a config to a run of about a minute (CI's ``--smoke``)."""
-    return cfg.override(
-        [
-            "data.train_subset=2000",
-            "data.test_subset=1000",
-            "model.base_epochs=1",
-            "compress.epochs=1.0",
-            "compress.checkpoint_every=10",
-            "eval.num_samples=3",
-        ]
-    )
+def smoke_config(cfg, keep=()):
+    """Shrink a config to a run of about a minute (CI's ``--smoke``), leaving the dotted keys in ``keep``
+    (those a config file sets) as they are."""
+    settings = [
+        "data.train_subset=2000",
+        "data.test_subset=1000",
+        "model.base_epochs=1",
+        "compress.epochs=1.0",
+        "compress.checkpoint_every=10",
+        "eval.num_samples=3",
+    ]
+    return cfg.override([s for s in settings if s.split("=")[0] not in set(keep)])
 
 
 def _subset(ds, n, seed):
@@ -98,29 +99,67 @@ def build_net(cfg, info):
     return build_cnn(cfg.model.arch, num_classes=info["num_classes"], in_channels=info["input_shape"][0])
 
 
-def base_network(cfg, train, test, info, device, progress=True):
-    """Load the run's base network, or train it (and save it atomically) if there is none."""
+def seed_everything(seed):
+    """Seed torch, Pyro, numpy and Python's ``random``: each stage starts from the seed alone, so a run gives
+    the same result whether its base network was trained in it or loaded, and whatever ran before."""
+    import pyro
+
+    pyro.set_rng_seed(seed)
+
+
+def base_network(cfg, train, test, info, device, progress=True, train_if_missing=True):
+    """Load the run's base network, or train it (and save it atomically) if there is none.
+
+    The file is safetensors + JSON (:func:`~sqs_pyro.checkpoint.save_checkpoint`), checksum verified on load;
+    ``model.base_checkpoint`` must exist (a wrong path is an error, not a new training).
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .errors import InputFileError
+
     path = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, BASE_NAME)
+    if cfg.model.base_checkpoint and not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise InputFileError(f"model.base_checkpoint = {path!r} {what}: give a base network file written by "
+                             "sqs-pyro train-base, or remove the key to train one in the run directory")
+    if os.path.isdir(path):
+        raise InputFileError(f"base network {path} is a directory, expected a file")
+    seed_everything(cfg.seed)
     net = build_net(cfg, info).to(device)
     if not is_main_process():  # under torchrun, process 0 trains the base network
         barrier()
     if os.path.exists(path):
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = load_checkpoint(path, map_location=device)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise InputFileError(f"base network {path} holds no 'state_dict': not a base network file")
         if state.get("arch") != cfg.model.arch:
-            raise ValueError(f"base checkpoint {path} is a {state.get('arch')!r}, the config asks for {cfg.model.arch!r}")
-        net.load_state_dict(state["state_dict"])
+            raise InputFileError(f"base checkpoint {path} is a {state.get('arch')!r}, the config asks for "
+                                 f"{cfg.model.arch!r}")
+        try:
+            net.load_state_dict(state["state_dict"])
+        except RuntimeError as e:
+            raise InputFileError(f"base network {path} does not fit a {cfg.model.arch}: {e}") from None
         if is_main_process():
             barrier()
         return net, state["test_accuracy"]
+    if not train_if_missing:
+        raise FileNotFoundError(f"no base network at {path}: run train-base or compress first")
     torch.manual_seed(cfg.seed)
     result = train_classifier(net, train, test, epochs=cfg.model.base_epochs, lr=cfg.model.base_lr,
                               batch_size=cfg.data.batch_size, device=device, seed=cfg.seed, progress=progress)
     accuracy = evaluate_accuracy(net, test, device=device)
-    with atomic_write(path, "wb") as f:
-        torch.save({"arch": cfg.model.arch, "state_dict": net.state_dict(), "test_accuracy": accuracy,
-                    "dataset": info["name"], "history": result.get("history")}, f)
+    if is_main_process():
+        save_checkpoint(path, {"arch": cfg.model.arch, "state_dict": net.state_dict(), "test_accuracy": accuracy,
+                               "dataset": info["name"], "history": result.get("history")})
     barrier()
     return net, accuracy
+
+
+def identity_of(cfg, net):
+    """The run identity of ``cfg`` with base network ``net`` (its weights before compression)."""
+    from .checkpoint import state_digest
+    from .identity import run_identity
+
+    return run_identity(cfg, state_digest(net.state_dict()))
 
 
 def build_model_and_guide(cfg, net, num_data):
@@ -139,22 +178,32 @@ def build_model_and_guide(cfg, net, num_data):
 
 def compress(cfg, net, train, device, resume=False, progress=True):
     """Fit the SQS posterior (paper schedule or posterior pruning). Returns ``(model, guide, trainer)``."""
+    identity = identity_of(cfg, net)
+    seed_everything(cfg.seed)
     model, guide = build_model_and_guide(cfg, net, len(train))
     guide.to(device)
     x, y = train.tensors
     trainer = SQSTrainer(model, guide, TensorData(x, y), cfg.compress, out_dir=cfg.out_dir,
                          batch_size=cfg.data.batch_size, seed=cfg.seed, progress=progress,
                          to_device=lambda b: (b[0].to(device), b[1].to(device)))
+    trainer.identity = model.run_identity = identity
     trainer.run(resume=resume)
     return model, guide, trainer
 
 
 def load_compressed_run(cfg, net, num_data, device):
-    """Rebuild model and guide from a finished run's checkpoint."""
+    """Rebuild model and guide from a finished run's checkpoint (its run identity checked against ``cfg``
+    and ``net``)."""
     from .checkpoint import load_checkpoint
+    from .identity import check_identity
 
+    identity = identity_of(cfg, net)
+    path = os.path.join(cfg.out_dir, CHECKPOINT_NAME)
+    ckpt = load_checkpoint(path, map_location=device)
+    check_identity(ckpt.get("identity"), identity, f"checkpoint {path}",
+                   hint="use the run directory's own config.toml and base network")
     model, guide = build_model_and_guide(cfg, net, num_data)
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "checkpoint.pt"), map_location=device)
+    model.run_identity = ckpt.get("identity") or identity
     guide.load_state_dict(ckpt["guide"])
     model.net.load_state_dict(ckpt["net"])
     return model, guide.to(device)
@@ -189,7 +238,8 @@ def export_run(cfg, model, guide, test, device, greedy_accuracy=None):
     dtype = torch.float16 if cfg.export.codebook_dtype == "float16" else torch.float32
     compressed = hard_assignment(model, guide, codebook_dtype=dtype)
     dense = {k: v for k, v in greedy_map(model, guide, codebook_dtype=dtype).state_dict().items() if k not in compressed}
-    meta = {"arch": cfg.model.arch, "dataset": cfg.data.dataset, "method": "sqs", "codebook_dtype": cfg.export.codebook_dtype}
+    meta = {"arch": cfg.model.arch, "dataset": cfg.data.dataset, "method": "sqs", "codebook_dtype": cfg.export.codebook_dtype,
+            "run_identity": getattr(model, "run_identity", None)}
     paths = {"plain": os.path.join(cfg.out_dir, EXPORT_NAME)}
     save(paths["plain"], compressed, dense, metadata=meta, codebook_dtype=cfg.export.codebook_dtype)
     if cfg.export.entropy_coded:
@@ -247,10 +297,25 @@ def write_results(cfg, results):
         json.dump(results, f, indent=2, default=str)
 
 
+def check_resume(cfg):
+    """Before anything is written: ``--resume`` needs this run's checkpoint, written with the same config
+    (:class:`~sqs_pyro.errors.RunMismatchError` naming the keys that differ otherwise)."""
+    from .checkpoint import CheckpointError, checkpoint_info
+    from .identity import check_identity, run_identity
+
+    path = os.path.join(cfg.out_dir, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: start the run without --resume")
+    check_identity(checkpoint_info(path, "identity"), run_identity(cfg), f"checkpoint {path}",
+                   hint="resume with the config it was written with (its config.toml), or start without --resume")
+
+
 def run_main_job(cfg, resume=False, progress=True, baselines=True):
     """The default job: base model -> SQS -> evaluate -> export -> reload check (-> baselines) -> table."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if resume:
+        check_resume(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     cfg.save(os.path.join(cfg.out_dir, CONFIG_NAME))
     t0 = time.time()
@@ -263,7 +328,7 @@ def run_main_job(cfg, resume=False, progress=True, baselines=True):
     metrics = evaluate_posterior(cfg, model, guide, test, device)
     exported = export_run(cfg, model, guide, test, device)
     results = {"dataset": info, "arch": cfg.model.arch, "base_accuracy": base_acc, "sqs": {**metrics, **exported},
-               "seconds": {"base": t_base - t0, "sqs": t_sqs - t_base}}
+               "seconds": {"base": t_base - t0, "sqs": t_sqs - t_base}, "run_identity": model.run_identity}
     if baselines:
         from .baselines import run_baselines
 

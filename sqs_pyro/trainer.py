@@ -38,7 +38,33 @@ from .schedules import cubic_sparsity, global_topk_masks
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the parameters became NaN or infinite; no checkpoint is written from that state (the
+    message says which checkpoint, if any, is kept)."""
+
+
+def _nonfinite_message(exc):
+    """True for the distribution-validation errors that a NaN or infinite parameter (or an overflow of its
+    transform, e.g. ``exp`` of a huge scale) causes: "... but found invalid values: tensor([inf, ...])"."""
+    import re
+
+    text = str(exc).lower()
+    return "invalid values" in text and re.search(r"\b(nan|inf)\b", text) is not None
+
+
+def _tensors_in(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_in(v)
+
+
+def _all_finite(tensors):
+    flags = [torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class TensorData:
@@ -234,19 +260,44 @@ class SQSTrainer:
             "rng": rng_state(),
         }
 
+    #: the run's identity (:func:`sqs_pyro.identity.run_identity`), stored with every checkpoint and
+    #: checked on resume; ``None``: not checked
+    identity = None
+    _saved_step = None  # the step of the last checkpoint this run wrote or resumed from
+
     def save(self):
         if self.rank == 0:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+            state = self.state_dict()
+            if not _all_finite(_tensors_in(state)):  # guide, network and optimizer state
+                raise NonFiniteLossError(f"non-finite parameters at step {self.state.step}: not saved. "
+                                         + self._kept_message())
+            if self.identity is not None:
+                state["identity"] = self.identity
+            save_checkpoint(self.checkpoint_path, state)
+            self._saved_step = self.state.step
         if self.distributed:
             dist.barrier()
 
+    def _kept_message(self):
+        if self._saved_step is None:
+            return ("No checkpoint of this run exists yet (none was written before the failure), so there is "
+                    "nothing to resume: lower the learning rate or kl_weight and start again")
+        return (f"The last good checkpoint (step {self._saved_step}) is kept at {self.checkpoint_path}: lower the "
+                "learning rate or kl_weight and resume with --resume")
+
     def load(self):
         ckpt = load_checkpoint(self.checkpoint_path)
+        if self.identity is not None:
+            from .identity import check_identity
+
+            check_identity(ckpt.get("identity"), self.identity, f"checkpoint {self.checkpoint_path}",
+                           hint="resume with the config it was written with, or start without --resume")
         self.guide.load_state_dict(ckpt["guide"])
         self.model.net.load_state_dict(ckpt["net"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         self.state.step = ckpt["step"]
+        self._saved_step = self.state.step
         self.state.history = self._read_log(upto=self.state.step)
         if self.rank == 0:  # drop log lines written after the checkpoint
             with atomic_write(self.log_path, "w") as f:
@@ -280,17 +331,17 @@ class SQSTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self.loss_module(x, y, idx.to(y.device if torch.is_tensor(y) else "cpu"))
-        except ValueError as e:  # distribution validation rejects NaN parameters
-            if "nan" not in str(e).lower():
+        except ValueError as e:  # distribution validation rejects NaN / infinite parameters
+            if not _nonfinite_message(e):
                 raise
             loss = torch.tensor(float("nan"))
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {t}; stopped. The last good checkpoint is kept at "
-                f"{self.checkpoint_path} (lower the learning rate or kl_weight and resume with --resume)"
-            )
+            raise NonFiniteLossError(f"loss is {loss.item()} at step {t}; stopped. " + self._kept_message())
         loss.backward()
         self.optimizer.step()
+        if not _all_finite(p for g in self.optimizer.param_groups for p in g["params"]):
+            raise NonFiniteLossError(f"parameters became NaN or infinite in the update of step {t} (loss "
+                                     f"{loss.item():.4g}); stopped. " + self._kept_message())
         self.state.step = t + 1
         return loss.detach()
 

@@ -144,3 +144,74 @@ def test_batches_follow_the_data_epoch_order(tmp_path):
     expected = torch.randperm(256, generator=g).flip(0)
     assert torch.equal(trainer.batch_indices(8), expected[:32])
     assert torch.equal(trainer.batch_indices(9), expected[32:64])
+
+
+# ---- issue 13, finding 4: the NaN/inf guard -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [dict(lr=100.0), dict(lr=1e30), dict(lr=1e10, gate_lr=1e10)])
+def test_overflow_to_inf_is_caught_and_checkpoints_stay_finite(tmp_path, options):
+    """lr 100 ... 1e30 escaped as "Expected parameter scales ... inf"; with checkpoint_every=1 the checkpoint
+    was poisoned and resume failed at once."""
+    trainer = make_trainer(tmp_path, checkpoint_every=1, **options)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.run()
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert f"last good checkpoint (step {ckpt['step']})" in str(info.value)
+    assert all(torch.isfinite(v).all() for v in ckpt["guide"].values() if v.is_floating_point())
+    resumed = make_trainer(tmp_path, checkpoint_every=1)  # the kept checkpoint loads (it used to fail at once)
+    resumed.load()
+    assert resumed.state.step == ckpt["step"]
+
+
+def test_nonfinite_parameters_after_a_step_are_caught(tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_every=1)
+    step = trainer.optimizer.step
+
+    def poisoned_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        if trainer.state.step == 3:
+            with torch.no_grad():
+                trainer.guide.params_of("0.weight").rho.data[0, 0] = float("inf")
+        return out
+
+    trainer.optimizer.step = poisoned_step
+    with pytest.raises(NonFiniteLossError, match="parameters became NaN or infinite in the update of step 3"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # written before the bad update, never after
+
+
+def test_no_checkpoint_is_written_from_nonfinite_state(tmp_path):
+    trainer = make_trainer(tmp_path)
+    with torch.no_grad():
+        next(trainer.guide.parameters()).data.view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="not saved"):
+        trainer.save()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_message_says_when_no_checkpoint_exists(tmp_path):
+    """kl_weight=1e38 promised "the last good checkpoint is kept" when none existed."""
+    with pytest.raises(NonFiniteLossError, match="No checkpoint of this run exists yet") as info:
+        make_trainer(tmp_path, kl_weight=1e38).run()
+    assert "last good checkpoint is kept" not in str(info.value)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("setting, says", [("compress.kl_weight=1e38", "No checkpoint of this run exists yet"),
+                                           ("compress.lr=1e10", "checkpoint"), ("compress.lr=100.0", "checkpoint")])
+def test_cli_nonfinite_is_one_line_and_exit_code_6(tmp_path, capsys, setting, says):
+    """On the tiny CLI run, lr=1e10 escaped as "Expected parameter scales ... inf" (exit 2), lr=100 and
+    kl_weight=1e38 as a NonFiniteLossError traceback."""
+    from ._tiny_run import cli, write_config
+
+    cfg = write_config(tmp_path)
+    out = tmp_path / "run"
+    assert cli(["compress", "--config", cfg, "--out", str(out), "--set", setting, "--set",
+                "compress.checkpoint_every=1"]) == 6
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and says in err, err
+    if (out / "checkpoint.pt").exists():  # whatever was kept is finite and loads
+        ckpt = load_checkpoint(out / "checkpoint.pt")
+        assert f"step {ckpt['step']}" in err
+        assert all(torch.isfinite(v).all() for v in ckpt["guide"].values() if v.is_floating_point())

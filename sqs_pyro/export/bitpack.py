@@ -181,7 +181,13 @@ def encode_positions(positions, k=None):
 def decode_positions(data, params):
     """Inverse of :func:`encode_positions`."""
     data = _numpy(data).reshape(-1)
-    k, count, unary_bytes = int(params["k"]), int(params["count"]), int(params["unary_bytes"])
+    k, count, unary_bytes = (params[key] for key in ("k", "count", "unary_bytes"))
+    for name, v, hi in (("k", k, 62), ("count", count, 8 * data.size), ("unary_bytes", unary_bytes, data.size)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v <= hi:
+            raise ValueError(f"position code parameter {name} = {v!r} is not an integer in [0, {hi}]")
+    k, count, unary_bytes = int(k), int(count), int(unary_bytes)
+    if count > 8 * unary_bytes:  # every position needs at least its unary terminator bit
+        raise ValueError(f"{count} positions cannot fit in {unary_bytes} bytes of unary code")
     if data.size != unary_bytes + (packed_nbytes(count, k) if k else 0):
         raise ValueError(f"position code of {count} positions has {data.size} bytes, "
                          f"expected {unary_bytes} + remainders")
@@ -246,9 +252,13 @@ def decode_mask(encoding, data, params, numel):
         return unpack_bits(data, numel)
     if encoding not in MASK_ENCODINGS:
         raise ValueError(f"unknown mask encoding {encoding!r}; expected one of {MASK_ENCODINGS}")
+    if not isinstance(params, dict):
+        raise ValueError("position code parameters are not a mapping")
+    if isinstance(params.get("k"), int) and not isinstance(params["k"], bool) and params["k"] > max(1, int(numel).bit_length()):
+        raise ValueError(f"Rice parameter k = {params['k']} is too large for a mask of {numel} elements")
     positions = decode_positions(data, params)
-    if positions.size and int(positions[-1]) >= numel:
-        raise ValueError(f"position code points past the end of a mask of {numel} elements")
+    if positions.size and (int(positions[0]) < 0 or int(positions[-1]) >= numel or (np.diff(positions) <= 0).any()):
+        raise ValueError(f"position code does not give increasing positions inside a mask of {numel} elements")
     flat = np.zeros(numel, dtype=bool)
     flat[positions] = True
     return ~flat if encoding == "positions_inverted" else flat

@@ -66,8 +66,15 @@ def ans_decode(words, counts, count):
     """Inverse of :func:`ans_encode`: ``count`` symbols (``int64``)."""
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
-    symbols = coder.decode(_model(counts), int(count)).astype(np.int64)
-    if not coder.is_empty():
+    words = np.ascontiguousarray(words, dtype=np.uint32)
+    if words.size and words[-1] == 0:  # the coder's top word is never zero: constriction would reject it
+        raise ValueError("entropy-coded stream is corrupted (its last word is zero)")
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        symbols = coder.decode(_model(counts), int(count)).astype(np.int64)
+        empty = coder.is_empty()
+    except Exception as e:  # noqa: BLE001 - the coder's own errors on corrupted data
+        raise ValueError(f"entropy-coded stream is corrupted ({e})") from None
+    if not empty:
         raise ValueError("entropy-coded stream has data left after the last symbol")
     return symbols

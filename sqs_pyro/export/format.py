@@ -27,7 +27,11 @@ float32 holding exactly the stored values.
 
 :func:`load` checks format, version and checksum and raises
 :class:`CompressedFileError` (a ``ValueError``) naming the file and the problem
-for a truncated, corrupted or foreign file: never silently wrong weights.
+for a truncated, corrupted or foreign file. Decoding is bounded (every count
+checked against the bytes that hold it, at most :data:`ELEMENTS_PER_BYTE`
+weights per byte of file). The checksum proves integrity, not authorship:
+whoever edits a file can recompute it, so pass ``expected_sha256=`` (the
+SHA-256 of a file you trust) when that matters.
 
 Example::
 
@@ -58,7 +62,7 @@ from safetensors import safe_open
 
 from sqs_pyro.io import atomic_write
 
-from .bitpack import decode_mask, encode_mask, pack_uint, unpack_uint
+from .bitpack import MAX_BITS, decode_mask, encode_mask, pack_uint, packed_nbytes, unpack_uint
 from .compressed_tensor import CompressedTensor
 from .entropy import ans_decode, ans_encode, entropy_bits
 
@@ -79,6 +83,11 @@ FORMAT_NAME = "sqs-pyro-compressed"
 FORMAT_VERSION = 1
 CODEBOOK_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 PARTS = ("codebook", "codes", "code_counts", "mask", "outlier_index", "outlier_values")
+#: Decoding limit: a file may decode to at most ``ELEMENTS_PER_BYTE * file bytes`` weights in all, so a hostile
+#: manifest cannot make the loader allocate more than a fixed multiple of the file's size. :func:`load_into`
+#: also allows the module's own size; pass ``max_elements=`` to :func:`load` for a file you trust. Real exports
+#: stay below: a 99%-sparse layer takes some 70 weights a byte, a 99.9%-sparse one some 800.
+ELEMENTS_PER_BYTE = 1024
 
 
 class CompressedFileError(ValueError):
@@ -207,58 +216,100 @@ def _encode(ct, codebook_dtype, entropy_coded, round_codebook, name):
     return np.concatenate([parts[p] for p in PARTS]), entry
 
 
-def _decode(entry, blob):
-    sizes = [int(entry["parts"][p]) for p in PARTS]
-    if blob.dtype != torch.uint8 or blob.dim() != 1 or blob.numel() != sum(sizes):
-        raise ValueError(
-            f"stored blob is {blob.dtype} of shape {tuple(blob.shape)}, expected uint8 of {sum(sizes)} bytes"
-        )
+def _count(entry, key, lo, hi, what=None):
+    """``entry[key]`` as an int in ``[lo, hi]``, checked before anything is allocated from it."""
+    v = entry[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{what or key} = {v!r} is not an integer in [{lo}, {hi}] (corrupted or hostile manifest)")
+    return v
+
+
+def _check_bytes(part, actual, expected):
+    if actual != expected:
+        raise ValueError(f"{part} has {actual} bytes, the manifest's counts need {expected}")
+
+
+def _decode(entry, blob, limit):
+    """One compressed tensor from its blob; every count of the manifest is checked against the bytes that
+    hold it (and ``numel`` against ``limit``) before any allocation."""
+    if not isinstance(entry, dict):
+        raise ValueError("manifest entry is not a mapping")
+    if not isinstance(entry.get("parts"), dict):
+        raise ValueError("manifest entry has no 'parts' mapping")
+    if blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise ValueError(f"stored blob is {blob.dtype} of shape {tuple(blob.shape)}, expected 1-D uint8")
+    sizes = [_count(entry["parts"], p, 0, blob.numel(), f"parts.{p}") for p in PARTS]
+    if blob.numel() != sum(sizes):
+        raise ValueError(f"stored blob has {blob.numel()} bytes, its parts add up to {sum(sizes)}")
     data = blob.numpy()
     bounds = np.cumsum([0, *sizes])
     parts = {p: data[bounds[i] : bounds[i + 1]] for i, p in enumerate(PARTS)}
-    shape, numel, nnz = tuple(entry["shape"]), int(entry["numel"]), int(entry["nnz"])
+    shape = entry["shape"]
+    if not isinstance(shape, list) or len(shape) > 32:
+        raise ValueError(f"shape {shape!r} is not a list of at most 32 sizes")
+    shape = tuple(_count({"size": s}, "size", 0, limit, "shape size") for s in shape)
+    numel = _count(entry, "numel", 0, limit)
     if math.prod(shape) != numel:
         raise ValueError(f"shape {shape} does not have {numel} elements")
+    nnz = _count(entry, "nnz", 0, numel)
+    if entry.get("codebook_dtype") not in CODEBOOK_DTYPES:
+        raise ValueError(f"codebook dtype {entry.get('codebook_dtype')!r} is not one of {tuple(CODEBOOK_DTYPES)}")
+    itemsize = torch.empty(0, dtype=CODEBOOK_DTYPES[entry["codebook_dtype"]]).element_size()
+    num_codebook = _count(entry, "num_codebook", 1, max(1, sizes[0] // itemsize))
+    _check_bytes("codebook", sizes[0], num_codebook * itemsize)
     codebook = _from_raw(parts["codebook"], CODEBOOK_DTYPES[entry["codebook_dtype"]]).float()
-    if codebook.numel() != int(entry["num_codebook"]):
-        raise ValueError(f"codebook has {codebook.numel()} values, the manifest says {entry['num_codebook']}")
 
     codes_entry = entry["codes"]
-    if codes_entry["encoding"] == "packed":
-        if parts["codes"].size != (nnz * int(codes_entry["bits"]) + 7) // 8:
-            raise ValueError("packed codes have the wrong number of bytes")
-        codes = unpack_uint(parts["codes"], int(codes_entry["bits"]), nnz)
-    elif codes_entry["encoding"] == "ans":
-        counts = unpack_uint(parts["code_counts"], int(codes_entry["count_bits"]), codebook.numel())
+    if not isinstance(codes_entry, dict):
+        raise ValueError("manifest 'codes' is not a mapping")
+    if codes_entry.get("encoding") == "packed":
+        bits = _count(codes_entry, "bits", 1, MAX_BITS, "codes.bits")
+        _check_bytes("packed codes", sizes[1], packed_nbytes(nnz, bits))
+        codes = unpack_uint(parts["codes"], bits, nnz)
+    elif codes_entry.get("encoding") == "ans":
+        count_bits = _count(codes_entry, "count_bits", 1, MAX_BITS, "codes.count_bits")
+        _check_bytes("code counts", sizes[2], packed_nbytes(num_codebook, count_bits))
+        if sizes[1] % 4:
+            raise ValueError("ANS-coded codes are not a whole number of 32-bit words")
+        counts = unpack_uint(parts["code_counts"], count_bits, num_codebook)
         if int(counts.sum()) != nnz:
             raise ValueError(f"code counts sum to {int(counts.sum())}, expected nnz = {nnz}")
         codes = ans_decode(np.frombuffer(parts["codes"].tobytes(), dtype="<u4"), counts, nnz)
         if not np.array_equal(np.bincount(codes, minlength=counts.size), counts):
             raise ValueError("decoded codes do not have the stored symbol counts (entropy coder mismatch?)")
     else:
-        raise ValueError(f"unknown code encoding {codes_entry['encoding']!r}")
+        raise ValueError(f"unknown code encoding {codes_entry.get('encoding')!r}")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= num_codebook):
+        raise ValueError(f"codes must lie in [0, {num_codebook})")
 
     mask_entry = dict(entry["mask"])
-    encoding = mask_entry.pop("encoding")
+    encoding = mask_entry.pop("encoding", None)
     if encoding == "ans":
-        if parts["mask"].size % 4:
+        if sizes[3] % 4:
             raise ValueError("ANS-coded mask is not a whole number of 32-bit words")
         words = np.frombuffer(parts["mask"].tobytes(), dtype="<u4")
         mask = ans_decode(words, [numel - nnz, nnz], numel).astype(bool)
-        if int(mask.sum()) != nnz:
-            raise ValueError(f"decoded mask keeps {int(mask.sum())} weights, expected {nnz} (entropy coder mismatch?)")
     else:
+        if encoding in ("positions", "positions_inverted"):
+            expected = nnz if encoding == "positions" else numel - nnz
+            _count(mask_entry, "count", expected, expected, "mask.count")
         mask = decode_mask(encoding, parts["mask"], mask_entry, numel)
+    if int(mask.sum()) != nnz:
+        raise ValueError(f"decoded mask keeps {int(mask.sum())} weights, expected {nnz}")
 
     outlier_index = outlier_values = None
     if entry["outliers"]:
-        count = int(entry["outliers"]["count"])
-        index_bits = int(entry["outliers"]["index_bits"])
-        if parts["outlier_index"].size != (count * index_bits + 7) // 8:
-            raise ValueError("packed outlier indices have the wrong number of bytes")
+        outliers = entry["outliers"]
+        count = _count(outliers, "count", 0, numel - nnz, "outliers.count")
+        index_bits = _count(outliers, "index_bits", 1, MAX_BITS, "outliers.index_bits")
+        _check_bytes("packed outlier indices", sizes[4], packed_nbytes(count, index_bits))
+        if outliers.get("dtype") not in ("float16", "bfloat16", "float32", "float64"):
+            raise ValueError(f"outlier dtype {outliers.get('dtype')!r} is not a floating dtype")
+        dtype = _dtype(outliers["dtype"])
+        _check_bytes("outlier values", sizes[5], count * torch.empty(0, dtype=dtype).element_size())
         outlier_index = torch.from_numpy(unpack_uint(parts["outlier_index"], index_bits, count))
-        outlier_values = _from_raw(parts["outlier_values"], _dtype(entry["outliers"]["dtype"]))
-    num_components = int(entry["num_components"])
+        outlier_values = _from_raw(parts["outlier_values"], dtype)
+    num_components = _count(entry, "num_components", 1, num_codebook)
     return CompressedTensor(
         shape=shape,
         codebook=codebook,
@@ -401,16 +452,64 @@ def read_manifest(path):
         return _manifest_from_header(path, f.metadata())[0]
 
 
-def load(path):
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(path, *, expected_sha256=None, max_elements=None):
     """
     Read and verify a compressed file.
 
+    What the stored checksum proves: the manifest and every tensor are the
+    bytes the writer hashed, so truncation, bit rot or a partial copy is an
+    error. What it does not prove: who wrote the file. Anyone can edit a file
+    and recompute the checksum; such a file either fails the decoder's checks
+    or loads as *other* weights (a transposed shape is caught only by
+    :func:`load_into`, against the module). If you need authorship, pass
+    ``expected_sha256``: the SHA-256 of the whole file (``sha256sum FILE``)
+    from a source you trust.
+
+    Decoding is bounded: every count in the manifest is checked against the
+    bytes that hold it before anything is allocated, and the file may decode to
+    at most ``ELEMENTS_PER_BYTE * file bytes`` weights (``max_elements`` to change that).
+
+    :param str expected_sha256: hex SHA-256 of the whole file; a mismatch is a
+        :class:`CompressedFileError`.
+    :param int max_elements: decode limit in weights, for a file you trust that
+        is larger than the default limit allows.
     :returns: ``(compressed, dense, manifest)``: ``name -> CompressedTensor``
         (float32 codebooks), ``name -> Tensor`` and the manifest (with
         ``manifest["file"] = {"path", "bytes", "sha256"}``).
-    :raises CompressedFileError: for a truncated, corrupted or foreign file.
+    :raises CompressedFileError: for a truncated, corrupted, foreign or
+        oversized file, and for every other decoding failure.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CompressedFileError(f"{path} is a directory, not a compressed file")
+    if expected_sha256 is not None:
+        found = _file_sha256(path)
+        if found != str(expected_sha256).strip().lower():
+            raise CompressedFileError(f"{path}: SHA-256 of the file is {found}, expected {expected_sha256}: "
+                                      "not the file you trust")
+    file_bytes = os.path.getsize(path)
+    limit = max_elements if max_elements is not None else ELEMENTS_PER_BYTE * file_bytes
+    try:
+        return _load(path, limit)
+    except (CompressedFileError, FileNotFoundError):
+        raise
+    except (Exception, MemoryError) as e:  # noqa: BLE001 - anything a hostile file provokes is a file error
+        raise CompressedFileError(f"{path}: cannot decode the file ({type(e).__name__}: {e})") from None
+    except BaseException as e:  # a Rust panic in a native decoder (pyo3 PanicException is a BaseException)
+        if type(e).__name__ != "PanicException":
+            raise
+        raise CompressedFileError(f"{path}: the entropy decoder rejected the data ({e})") from None
+
+
+def _load(path, limit):
     with _open(path) as f:
         manifest, manifest_json = _manifest_from_header(path, f.metadata())
         try:
@@ -427,16 +526,26 @@ def load(path):
             f"{path}: stored tensors do not match the manifest (missing {sorted(expected - set(tensors))[:10]}, "
             f"unlisted {sorted(set(tensors) - expected)[:10]})"
         )
+    claimed = 0
+    for name, entry in manifest["compressed"].items():
+        numel = entry.get("numel") if isinstance(entry, dict) else None
+        if isinstance(numel, int) and numel > 0:
+            claimed += numel
+    if claimed > limit:
+        raise CompressedFileError(
+            f"{path}: the manifest claims {claimed} weights, more than the decode limit of {limit} for a file of "
+            f"{manifest['file']['bytes']} bytes; pass max_elements= to load a larger file you trust"
+        )
     compressed = {}
     for name, entry in manifest["compressed"].items():
         try:
-            compressed[name] = _decode(entry, tensors[name])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            compressed[name] = _decode(entry, tensors[name], limit)
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, IndexError, MemoryError) as e:
             raise CompressedFileError(f"{path}: cannot rebuild compressed tensor {name!r}: {e}") from None
     dense = {}
     for name, entry in manifest["dense"].items():
         t = tensors[name]
-        if _dtype_name(t.dtype) != entry.get("dtype") or list(t.shape) != entry.get("shape"):
+        if not isinstance(entry, dict) or _dtype_name(t.dtype) != entry.get("dtype") or list(t.shape) != entry.get("shape"):
             raise CompressedFileError(
                 f"{path}: dense tensor {name!r} is {t.dtype} {tuple(t.shape)}, the manifest says {entry}"
             )
@@ -444,15 +553,16 @@ def load(path):
     return compressed, dense, manifest
 
 
-def load_state_dict(path, dtype=torch.float32):
-    """``name -> Tensor`` for every tensor in the file, compressed ones rebuilt densely in ``dtype``."""
-    compressed, dense, _ = load(path)
+def load_state_dict(path, dtype=torch.float32, *, expected_sha256=None, max_elements=None):
+    """``name -> Tensor`` for every tensor in the file, compressed ones rebuilt densely in ``dtype``
+    (``expected_sha256``, ``max_elements``: see :func:`load`)."""
+    compressed, dense, _ = load(path, expected_sha256=expected_sha256, max_elements=max_elements)
     state = {name: ct.to_dense(dtype) for name, ct in compressed.items()}
     state.update(dense)
     return state
 
 
-def load_into(module, path, strict=True):
+def load_into(module, path, strict=True, *, expected_sha256=None, max_elements=None):
     """
     Load a compressed file into ``module`` (``module.load_state_dict`` with the
     rebuilt tensors).
@@ -461,11 +571,14 @@ def load_into(module, path, strict=True):
         to have exactly the same names.
     :raises CompressedFileError: on missing or unexpected names (``strict``) or
         on a shape mismatch, naming the tensors.
+    :param str expected_sha256: SHA-256 of the whole file from a source you trust (see :func:`load`).
     :returns: what ``module.load_state_dict`` returns (missing and unexpected keys).
     """
     path = os.fspath(path)
-    state = load_state_dict(path)
     own = module.state_dict()
+    if max_elements is None:  # the module says how large the file may be (or the file-size limit, if larger)
+        max_elements = max(sum(t.numel() for t in own.values()), ELEMENTS_PER_BYTE * os.path.getsize(path))
+    state = load_state_dict(path, expected_sha256=expected_sha256, max_elements=max_elements)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: file {tuple(v.shape)} vs module {tuple(own[k].shape)}"

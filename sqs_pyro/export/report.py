@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from .format import read_manifest
+from .format import CompressedFileError, read_manifest
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
 
@@ -184,10 +184,13 @@ def size_report(path_or_manifest):
     manifest (as returned by :func:`~sqs_pyro.export.save` or
     :func:`~sqs_pyro.export.load`).
     """
-    if isinstance(path_or_manifest, dict):
-        manifest = path_or_manifest
-    else:
+    if not isinstance(path_or_manifest, dict):  # a file: whatever its manifest holds, a CompressedFileError
         manifest = read_manifest(path_or_manifest)
+        try:
+            return size_report(manifest)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
+            raise CompressedFileError(f"{path_or_manifest}: inconsistent manifest ({type(e).__name__}: {e})") from None
+    manifest = path_or_manifest
     file_info = manifest.get("file") or {}
     layers = {name: _layer(name, e) for name, e in manifest["compressed"].items()}
     numel = sum(l.numel for l in layers.values())

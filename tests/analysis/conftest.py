@@ -101,7 +101,8 @@ def make_run_dir(out, arch, n_train=128, n_test=64):
     metrics = pipeline.evaluate_posterior(cfg, model, guide, test, device)
     compressed = hard_assignment(model, guide, codebook_dtype=torch.float16)
     dense = {k: v for k, v in greedy_map(model, guide).state_dict().items() if k not in compressed}
-    save(os.path.join(out, "compressed.safetensors"), compressed, dense, codebook_dtype="float16")
+    save(os.path.join(out, "compressed.safetensors"), compressed, dense, codebook_dtype="float16",
+         metadata={"run_identity": model.run_identity})
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"base_accuracy": base_acc, "sqs": metrics}, f)
     return out

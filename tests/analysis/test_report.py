@@ -59,10 +59,9 @@ def test_report_svg_and_diagnostics(run_dir, tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="sqs-pyro")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    from sqs_pyro.cli import main
+
+    return main(argv)
 
 
 @pytest.mark.parametrize("kind", sorted(PLOT_KINDS))
@@ -79,9 +78,9 @@ def test_cli_report_and_errors(run_dir, tmp_path, capsys):
     partial = _copy(run_dir, tmp_path, ["checkpoint.pt"])  # no model to rebuild: a quick report
     assert _cli(["report", str(partial), "--out", str(out)]) == 0
     assert out.exists() and embedded_pngs(out.read_text())
-    assert _cli(["report", str(tmp_path / "missing")]) == 2
+    assert _cli(["report", str(tmp_path / "missing")]) == 3  # a missing input (exit codes: sqs_pyro.errors)
     assert "does not exist" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _cli(["plot", "elbo", str(empty)]) == 2
+    assert _cli(["plot", "elbo", str(empty)]) == 3
     assert "log.jsonl" in capsys.readouterr().err
