@@ -4,7 +4,15 @@ Effect handlers used by the SQS ELBO.
 :class:`PosteriorMean` sets the value of every latent site whose distribution
 has a closed-form mean to that mean, instead of sampling it: the likelihood is
 then evaluated at the posterior-mean weights ``gamma * sum_k phi_k mu_k``
-(method.md §4), deterministically and differentiably.
+(method.md §4), deterministically and differentiably. This is the *posterior-mean
+plug-in*: cheap, but not an estimate of ``E_q log p(D | theta)``.
+
+:class:`RelaxedDraws` makes the SQS posterior sites draw their reparameterized
+(concrete) relaxation instead of an exact sample: what
+``SQSELBO(plug_in="sample")`` differentiates. Outside it, an
+:class:`~sqs_pyro.guides.SQSGuide` site draws *exactly* (:class:`ExactDraws`):
+exact zeros from the spike, a component from ``phi``, a value from its
+Gaussian. That is what :class:`pyro.infer.Predictive` sees.
 
 Example::
 
@@ -16,7 +24,37 @@ Example::
     tensor(2.)
 """
 
+import torch
+
+from pyro.distributions import Independent
 from pyro.poutine.messenger import Messenger
+
+__all__ = ["ExactDraws", "PosteriorMean", "RelaxedDraws"]
+
+
+class ExactDraws(Independent):
+    """
+    An :class:`~pyro.distributions.Independent` whose plain draws (``fn()``, what
+    ``pyro.sample`` calls) are the base distribution's exact :meth:`sample`, not
+    its :meth:`rsample`.
+
+    :class:`~sqs_pyro.distributions.SparseGMM`'s ``rsample`` is a concrete
+    relaxation that is never exactly zero; it stays available for
+    :class:`RelaxedDraws` (the sampled ELBO), while every other consumer of the
+    guide (``Predictive``, ``poutine.trace``) gets exact draws.
+    :attr:`has_rsample` keeps the base's value, so Pyro still treats the site
+    as reparameterized (the analytic KL is used; no score-function term).
+    """
+
+    def __call__(self, sample_shape=torch.Size()):
+        return self.sample(sample_shape)
+
+    @classmethod
+    def wrap(cls, fn):
+        """``fn`` (an ``Independent``) as :class:`ExactDraws`, sharing its base distribution."""
+        if isinstance(fn, cls):
+            return fn
+        return cls(fn.base_dist, fn.reinterpreted_batch_ndims, validate_args=False)
 
 
 class PosteriorMean(Messenger):
@@ -41,3 +79,19 @@ class PosteriorMean(Messenger):
         if self.sites is not None and msg["name"] not in self.sites:
             return
         msg["value"] = msg["fn"].mean
+
+
+class RelaxedDraws(Messenger):
+    """
+    Draw the reparameterized relaxation (``fn.rsample()``) at the latent sites
+    that would otherwise draw exactly (:class:`ExactDraws`): the sampled
+    plug-in of :class:`~sqs_pyro.SQSELBO`. Enter it outside the guide, like
+    :class:`PosteriorMean`.
+    """
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        if isinstance(fn, ExactDraws):
+            msg["value"] = fn.rsample(*msg["args"], **msg["kwargs"])
