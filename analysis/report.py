@@ -336,8 +336,16 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     except Exception as e:  # noqa: BLE001
         r.add(_note(f"log.jsonl could not be read: <code>{_esc(e)}</code>", error=True))
     if rows:
-        r.figure("the ELBO trace", lambda: plots.plot_elbo_trace(rows),
-                 "Negative ELBO split into the data term and the KL (Jensen bound), KL per layer, and sparsity.")
+        try:
+            cfg = run.config()
+            plug_in = cfg.compress.plug_in if cfg is not None else None
+        except Exception:  # noqa: BLE001  (the config is reported elsewhere)
+            plug_in = None
+        what = {"mean": "the data term at the posterior-mean weights (mean plug-in: a surrogate, not "
+                        "−E log p(D|θ))", "sample": "the data term at draws from q (a Monte Carlo ELBO)"}
+        r.figure("the ELBO trace", lambda: plots.plot_elbo_trace(rows, plug_in=plug_in),
+                 f"The loss split into {what.get(plug_in, 'the data term')} and the KL (Jensen bound), KL per "
+                 "layer, and sparsity.")
     elif rows is None:
         r.add(_note("No log.jsonl: the run has not been compressed yet."))
     else:

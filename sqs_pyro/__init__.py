@@ -11,10 +11,12 @@ Five lines from a trained network to a sparse, quantized one::
     compressed = greedy_map(model, guide)                        # after svi.step(X, y) a few hundred times
 """
 
-from .elbo import SQSELBO
-from .handlers import PosteriorMean
+from .elbo import SQSELBO, MeanPlugInWarning
+from .handlers import PosteriorMean, RelaxedDraws
 from .prior_spec import PriorSettings, PriorSpec
+from .state import load_fit, save_fit
 
 __version__ = "0.1.0"
 
-__all__ = ["PosteriorMean", "PriorSettings", "PriorSpec", "SQSELBO", "__version__"]
+__all__ = ["MeanPlugInWarning", "PosteriorMean", "PriorSettings", "PriorSpec", "RelaxedDraws", "SQSELBO",
+           "__version__", "load_fit", "save_fit"]
