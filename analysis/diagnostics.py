@@ -420,7 +420,8 @@ def prior_sensitivity(model=None, guide=None, *, tree=None, data=None, alphas=DE
     post = tree["posterior"]
     layers = [str(v) for v in post["layer"].values]
     theta = flat_draws(post["theta"])
-    rms = np.stack([np.sqrt((theta[:, post["weight_layer"].values == name] ** 2).mean(-1))
+    weight_layer = np.asarray(tree["variational"]["weight_layer"].values).astype(str)
+    rms = np.stack([np.sqrt((theta[:, weight_layer == name] ** 2).mean(-1))
                     for name in layers], axis=-1)
     values = {"sparsity": flat_draws(post["sparsity"]), "bits": flat_draws(post["bits"]), "weight_rms": rms}
     log_prior = flat_draws(tree["sample_stats"]["log_prior"]).astype(float)

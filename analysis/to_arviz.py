@@ -13,14 +13,15 @@ then works on the tree as on MCMC output: ``arviz_stats.summary``, ``ess``,
 
 ``posterior`` (one value per draw)
     ``theta`` (sample, weight): a random subset of the compressed weights
-    (``weights_per_layer`` per layer; label ``"layer[i,j,...]"``, coordinate
-    ``weight_layer``); ``sparsity`` (sample, layer): fraction of exact zeros
+    (``weights_per_layer`` per layer; label ``"layer[i,j,...]"``; the layer of
+    each is ``variational/weight_layer``); ``sparsity`` (sample, layer): fraction of exact zeros
     in the drawn layer; ``bits`` (sample, layer): the paper's bits per weight
     ``log2(K) x nonzero fraction`` (its compression rate is ``32 / bits``);
     ``entropy_bits`` (sample, layer): the empirical entropy of the draw's mask
-    and codes per weight, what an ideal entropy coder would need;
-    ``component_usage`` (sample, layer, component): share of the nonzero
-    weights drawn from each component.
+    and codes per weight, what an ideal entropy coder would need. Only
+    scalars per layer or weight live here, so that every ArviZ summary
+    (``psense_summary`` included, which on the 0.8 line cannot stack a
+    two-dimensional variable) works on the group as it is.
 ``log_prior``
     ``theta`` (sample, weight): the spike-and-slab log prior of each drawn
     subset weight, on the mixed measure (``log(1 - lambda_0)`` at an exact 0).
@@ -34,7 +35,9 @@ then works on the tree as on MCMC output: ``arviz_stats.summary``, ``ess``,
 ``sample_stats``
     ``log_prior`` and ``log_q``: the log prior and log posterior density of
     the whole drawn network (all compressed weights, mixed measure; sites
-    without a spike left out), and ``log_likelihood`` (sum over the batch).
+    without a spike left out), ``log_likelihood`` (sum over the batch), and
+    ``component_usage`` (sample, layer, component): share of the nonzero
+    weights drawn from each component.
 ``variational`` (no sample dimension: the fitted ``q`` itself)
     ``gate_mean``, ``expected_sparsity`` (``1 - mean gamma``),
     ``mask_sparsity``, ``export_sparsity`` (pruned by the export rule:
@@ -205,8 +208,12 @@ def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None
                    "density_measure": "delta_0 + Lebesgue"}}
     dt = from_dict(_one_chain(groups), sample_dims=list(SAMPLE_DIMS), dims=dims, coords=coords, name=name,
                    attrs=attrs)
-    dt["posterior"] = dt["posterior"].to_dataset().assign_coords(weight_layer=("weight", list(weight_layer)))
     v_data, v_coords, v_dims = variational
+    # the layer of each theta weight: a variable of the draw-free group (as a coordinate of the posterior
+    # it would break ArviZ's stacking in summary)
+    v_data, v_coords, v_dims = ({**v_data, "weight_layer": np.asarray(list(weight_layer), dtype=str)},
+                                {**v_coords, "weight": list(dt["posterior"]["weight"].values)},
+                                {**v_dims, "weight_layer": ["weight"]})
     dt["variational"] = dict_to_dataset(v_data, coords=v_coords, dims=v_dims, sample_dims=[],
                                         attrs={"description": "parameters and summaries of the fitted q (no draws)"})
     return dt
@@ -307,10 +314,10 @@ def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, ba
             "sparsity": np.asarray(sparsity),
             "bits": np.asarray(bits),
             "entropy_bits": np.asarray(ent),
-            "component_usage": np.stack(usage),
         },
         "log_prior": {"theta": torch.stack(lp_theta).double().numpy()},
-        "sample_stats": {"log_prior": np.asarray(lp_tot), "log_q": np.asarray(lq_tot)},
+        "sample_stats": {"log_prior": np.asarray(lp_tot), "log_q": np.asarray(lq_tot),
+                         "component_usage": np.stack(usage)},
     }
     dims = {"theta": ["weight"], "sparsity": ["layer"], "bits": ["layer"], "entropy_bits": ["layer"],
             "component_usage": ["layer", "component"], "obs": ["obs_id"]}

@@ -19,16 +19,18 @@ def test_groups_dims_and_coords(tiny):
     assert [str(v) for v in post["layer"].values] == layers
     assert post["theta"].dims == ("chain", "draw", "weight")
     assert post["sparsity"].dims == ("chain", "draw", "layer")
-    assert post["component_usage"].dims == ("chain", "draw", "layer", "component")
-    assert list(post["weight_layer"].values) == [layers[0]] * 5 + [layers[1]] * 5
-    assert all(str(w).startswith(str(layer) + "[") for w, layer in zip(post["weight"].values, post["weight_layer"].values))
+    assert dt["sample_stats"]["component_usage"].dims == ("chain", "draw", "layer", "component")
+    weight_layer = dt["variational"]["weight_layer"]
+    assert weight_layer.dims == ("weight",)
+    assert list(weight_layer.values) == [layers[0]] * 5 + [layers[1]] * 5
+    assert all(str(w).startswith(str(layer) + "[") for w, layer in zip(post["weight"].values, weight_layer.values))
     assert dt["log_prior"]["theta"].dims == ("chain", "draw", "weight")
     assert dt["log_likelihood"]["obs"].dims == ("chain", "draw", "obs_id")
     assert dt["log_likelihood"]["obs"].shape == (1, 30, 10)
     assert dt["posterior_predictive"]["obs"].dims == ("chain", "draw", "obs_id")
     assert set(np.unique(dt["posterior_predictive"]["obs"].values)) <= {0, 1, 2}
     assert dt["observed_data"]["obs"].dims == ("obs_id",)
-    assert set(dt["sample_stats"].data_vars) == {"log_prior", "log_q", "log_likelihood"}
+    assert set(dt["sample_stats"].data_vars) == {"log_prior", "log_q", "log_likelihood", "component_usage"}
     var = dt["variational"]
     assert "chain" not in var.dims and "draw" not in var.dims
     assert var["codebook_mean"].dims == ("layer", "window", "component")
@@ -56,7 +58,7 @@ def test_draws_are_exact_and_reproducible(tiny):
         expected = var["expected_sparsity"].values[i]  # 1 - mean gamma, exact
         sd = math.sqrt(expected * (1 - expected) / (n * 300)) + 1e-9
         assert abs(post["sparsity"].values[0][:, i].mean() - expected) < 5 * sd + 1e-6
-        usage = post["component_usage"].values[0][:, i]
+        usage = dt["sample_stats"]["component_usage"].values[0][:, i]
         ok = ~np.isnan(usage).any(-1)
         np.testing.assert_allclose(usage[ok].sum(-1), 1.0)
         np.testing.assert_allclose(post["bits"].values[0][:, i], 2.0 * (1 - post["sparsity"].values[0][:, i]))
