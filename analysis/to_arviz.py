@@ -63,7 +63,7 @@ Example::
     >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     >>> dt = to_datatree(model, guide, num_draws=20, weights_per_layer=3, data=(x, y))
     >>> dict(dt["posterior"].sizes)
-    {'chain': 1, 'draw': 20, 'weight': 6, 'layer': 2, 'component': 4}
+    {'chain': 1, 'draw': 20, 'weight': 6, 'layer': 2}
     >>> dt["log_likelihood"]["obs"].shape
     (1, 20, 5)
 """

@@ -15,7 +15,7 @@ def test_groups_dims_and_coords(tiny):
             "posterior_predictive"} <= set(dt.children)
     post = dt["posterior"]
     layers = list(model.sites)
-    assert dict(post.sizes) == {"chain": 1, "draw": 30, "weight": 10, "layer": 2, "component": 4}
+    assert dict(post.sizes) == {"chain": 1, "draw": 30, "weight": 10, "layer": 2}
     assert [str(v) for v in post["layer"].values] == layers
     assert post["theta"].dims == ("chain", "draw", "weight")
     assert post["sparsity"].dims == ("chain", "draw", "layer")
