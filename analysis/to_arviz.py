@@ -5,9 +5,10 @@ A fitted SQS posterior as an ArviZ :class:`~xarray.DataTree`.
 :class:`~sqs_pyro.guides.SQSGuide` (see
 :mod:`sqs_pyro.analysis.posterior_draws`) and lays them out as ArviZ expects,
 with the sample dimensions ``(chain, draw)``: independent draws from ``q``
-make **one chain** (``chain = 1``, ``draw = num_draws``). Every ArviZ function
-then works on the tree as on MCMC output: ``arviz_stats.summary``, ``ess``,
-``rhat`` (about 1 for independent draws), ``hdi``, ``loo`` (with ``data``),
+make **one chain** (``chain = 1``, ``draw = num_draws``; ``num_chains`` splits
+them into several, which R-hat needs). Every ArviZ function then works on the
+tree as on MCMC output: ``arviz_stats.summary``, ``ess``, ``rhat`` (about 1 for
+independent draws, NaN with one chain), ``hdi``, ``loo`` (with ``data``),
 ``psense``, and the arviz-plots plots (``plot_dist``, ``plot_forest``,
 ``plot_ppc_dist``). Below, ``sample`` stands for ``(chain, draw)``.
 
@@ -187,26 +188,33 @@ def flat_draws(da):
     return values.reshape((-1,) + values.shape[len(dims):])
 
 
-def _one_chain(groups):
-    # (draw, ...) arrays -> (chain=1, draw, ...); groups named *data have no draws
-    return {g: ({k: np.asarray(v) for k, v in d.items()} if "data" in g else
-                {k: np.asarray(v)[None] for k, v in d.items()}) for g, d in groups.items()}
+def _chains(groups, num_chains=1):
+    # (draws, ...) arrays -> (chain, draw, ...); groups named *data have no draws
+    def split(v):
+        v = np.asarray(v)
+        if v.shape[0] % num_chains:
+            raise ValueError(f"{v.shape[0]} draws do not split into {num_chains} chains of equal length")
+        return v.reshape((num_chains, v.shape[0] // num_chains) + v.shape[1:])
+
+    return {g: ({k: np.asarray(v) for k, v in d.items()} if "data" in g else {k: split(v) for k, v in d.items()})
+            for g, d in groups.items()}
 
 
-def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None):
+def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None, num_chains=1):
     """
     Assemble the DataTree from plain arrays (no torch): ``groups`` for
-    :func:`arviz_base.from_dict`, each array with one leading draw axis (laid
-    out here as one chain, ``(chain, draw)``), ``variational`` a ``(data,
-    coords, dims)`` triple for the group without draws, and ``weight_layer``
-    the layer of each ``theta`` weight (a non-index coordinate).
+    :func:`arviz_base.from_dict`, each array with one leading axis of
+    independent draws (laid out here as ``(chain, draw)``, ``num_chains``
+    chains), ``variational`` a ``(data, coords, dims)`` triple for the group
+    without draws, and ``weight_layer`` the layer of each ``theta`` weight
+    (``variational/weight_layer``).
     """
     from arviz_base import dict_to_dataset, from_dict
 
     attrs = {"/": {"inference": "variational (SQS guide)", "draws": "exact draws from the SparseGMM posterior",
-                   "chains": "one chain of independent draws from q", "inference_library": "pyro",
+                   "chains": f"{num_chains} chain(s) of independent draws from q", "inference_library": "pyro",
                    "density_measure": "delta_0 + Lebesgue"}}
-    dt = from_dict(_one_chain(groups), sample_dims=list(SAMPLE_DIMS), dims=dims, coords=coords, name=name,
+    dt = from_dict(_chains(groups, num_chains), sample_dims=list(SAMPLE_DIMS), dims=dims, coords=coords, name=name,
                    attrs=attrs)
     v_data, v_coords, v_dims = variational
     # the layer of each theta weight: a variable of the draw-free group (as a coordinate of the posterior
@@ -220,7 +228,7 @@ def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None
 
 
 def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, seed=0, tau=None,
-                quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None, predictive=True):
+                quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None, predictive=True, num_chains=1):
     """
     Convert a fitted model and guide to an ArviZ DataTree (groups listed in
     the module docstring).
@@ -237,6 +245,11 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
     :param int seed: seeds the subset and the draws.
     :param float tau: temperature of ``phi`` (the guide's own ``tau`` if None).
     :param bool predictive: with ``data``, also draw the ``posterior_predictive`` group.
+    :param int num_chains: lay the (independent) draws out as this many chains
+        (``num_draws`` must be a multiple). One chain is the VI convention, but
+        R-hat needs two or more (arviz-stats returns NaN for one chain); as the
+        draws are independent, several chains are equally valid, and R-hat is
+        then about 1 by construction: it checks the draws, not the fit.
     :rtype: xarray.DataTree
     """
     import torch
@@ -251,7 +264,7 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
                                                           batch_size, predictive)
     variational = layer_summary(model, guide, quantiles, tau)
     return build_datatree(groups, dims=dims, coords=coords, variational=variational, weight_layer=weight_layer,
-                          name=name)
+                          name=name, num_chains=num_chains)
 
 
 def _rows(x, start, size):

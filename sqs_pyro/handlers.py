@@ -13,6 +13,9 @@ plug-in*: cheap, but not an estimate of ``E_q log p(D | theta)``.
 :class:`~sqs_pyro.guides.SQSGuide` site draws *exactly* (:class:`ExactDraws`):
 exact zeros from the spike, a component from ``phi``, a value from its
 Gaussian. That is what :class:`pyro.infer.Predictive` sees.
+:class:`CodebookDraws` draws the *compressed networks* instead: every weight
+exactly 0 or exactly a codebook value ``mu_k`` (``k ~ phi``), what Bayesian
+averaging (method.md §7) evaluates.
 
 Example::
 
@@ -29,7 +32,7 @@ import torch
 from pyro.distributions import Independent
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["ExactDraws", "PosteriorMean", "RelaxedDraws"]
+__all__ = ["CodebookDraws", "ExactDraws", "PosteriorMean", "RelaxedDraws", "codebook_sample"]
 
 
 class ExactDraws(Independent):
@@ -95,3 +98,36 @@ class RelaxedDraws(Messenger):
         fn = msg["fn"]
         if isinstance(fn, ExactDraws):
             msg["value"] = fn.rsample(*msg["args"], **msg["kwargs"])
+
+
+@torch.no_grad()
+def codebook_sample(q, sample_shape=torch.Size()):
+    """
+    A draw of a :class:`~sqs_pyro.distributions.SparseGMM` ``q`` with the
+    component noise left out: ``0`` with probability ``1 - gamma``, else
+    exactly ``mu_k`` with ``k ~ Categorical(phi)``.
+    """
+    from pyro.distributions import Categorical
+
+    shape = q._extended_shape(sample_shape)
+    keep = torch.bernoulli(q.gate_probs.expand(shape)).bool()
+    index = Categorical(probs=q.component_probs, validate_args=False).sample(sample_shape)
+    locs, _ = q._gather_components(index)
+    return torch.where(keep, locs, locs.new_zeros(()))
+
+
+class CodebookDraws(Messenger):
+    """
+    Draw compressed networks at the SQS posterior sites: each weight exactly
+    ``0`` or exactly a codebook value (:func:`codebook_sample`). Enter it
+    around ``pyro.infer.Predictive(model, guide=guide, ...)`` to predict with
+    the networks that Bayesian averaging uses.
+    """
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        if isinstance(fn, ExactDraws):
+            value = codebook_sample(fn.base_dist, *msg["args"], **msg["kwargs"])
+            msg["value"] = value
