@@ -359,6 +359,10 @@ class PriorSensitivity:
         for label, ps in (("prior", self.psense), ("likelihood", self.psense_likelihood)):
             if "withheld" in ps:
                 lines.append(f"psense ({label}) withheld: {ps['withheld']}")
+            elif ps:
+                values = "; ".join(f"{s} " + ", ".join(f"{layer} {v:.3f}" for layer, v in ps[s].items())
+                                   for s in _SUMMARIES if s in ps)
+                lines.append(f"psense ({label}; > 0.05: visibly shaped by the {label}): {values}")
         if not lines:
             lines.append("Power-scaling weights are usable at every alpha; psense > 0.05 flags a summary the prior "
                          "visibly shapes.")
