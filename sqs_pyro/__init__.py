@@ -9,6 +9,10 @@ Five lines from a trained network to a sparse, quantized one::
     guide = SQSGuide(model)                                      # sqs_pyro.guides
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), SQSELBO())
     compressed = greedy_map(model, guide)                        # after svi.step(X, y) a few hundred times
+
+``SQSELBO()`` estimates the data term at draws from the guide (a Monte Carlo
+ELBO) up to 100,000 compressed weights and at the posterior mean above; see
+:mod:`sqs_pyro.elbo` and docs/statisticians.md.
 """
 
 from .elbo import SQSELBO, MeanPlugInWarning
