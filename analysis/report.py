@@ -308,7 +308,11 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     if cfg is not None:
         r.add(f"<p>Model <b>{_esc(cfg.model.arch)}</b> on <b>{_esc(cfg.data.dataset)}</b>; target sparsity "
               f"{_fmt(cfg.compress.sparsity)}, pruning {_esc(cfg.compress.pruning)}, KL weight "
-              f"{_fmt(cfg.compress.kl_weight)}, plug-in {_esc(cfg.compress.plug_in)}.</p>")
+              f"{_fmt(cfg.compress.kl_weight)}, plug-in {_esc(cfg.compress.plug_in)}"
+              + {"mean": " (the likelihood at the posterior-mean weights: a compression surrogate, not an ELBO; "
+                         "q's spread is not fitted to the data)",
+                 "sample": " (the likelihood at draws from q: a Monte Carlo ELBO)"}.get(cfg.compress.plug_in, "")
+              + ".</p>")
         r.add(f"<details><summary>config.toml</summary><pre>{_esc(run.config_path.read_text())}</pre></details>")
     elif run.config_path is None:
         r.add(_note("No config.toml in this directory: the model cannot be rebuilt."))
