@@ -22,7 +22,9 @@ classification (:class:`~sqs_pyro.models.Categorical`)
     log pointwise predictive density.
 
 Intervals from a fit made with the posterior-mean plug-in are not calibrated:
-such a fit gives a :class:`~sqs_pyro.elbo.MeanPlugInWarning`.
+such a fit gives a :class:`~sqs_pyro.elbo.MeanPlugInWarning`. Called inside
+``with sqs_pyro.handlers.CodebookDraws():``, the draws are the compressed
+networks (every weight 0 or exactly a codebook value) instead.
 
 Example::
 
@@ -60,7 +62,8 @@ class PosteriorPredictive:
     predictive mean (regression) or class probabilities (n, C) (classification);
     ``lower``/``upper``: the ``prob`` intervals of ``y*`` (regression);
     ``f_lower``/``f_upper``: those of the mean function; ``sets`` (n, C) bool:
-    the prediction sets (classification).
+    the prediction sets (classification); ``weights``: ``name -> (S, *shape)``
+    tensor of the drawn compressed weights (with ``return_weights=True``).
     """
 
     kind: str
@@ -80,6 +83,7 @@ class PosteriorPredictive:
     set_size: float = None
     lppd: float = None
     fit_plug_in: str = None
+    weights: dict = field(default=None, repr=False)
 
     def to_dict(self):
         """The scalar summaries, JSON-ready."""
@@ -124,7 +128,8 @@ def _logmeanexp(a, axis=0):
 
 
 @torch.no_grad()
-def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, parallel=True, seed=0):
+def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, parallel=True, seed=0,
+                         return_weights=False):
     """
     Posterior predictive draws and summaries at ``x`` (see the module docstring).
 
@@ -136,10 +141,10 @@ def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, 
     :param float prob: level of the intervals / prediction sets.
     :param bool parallel: vectorise over the draws (``Predictive(..., parallel=True)``).
     :param int seed: seeds the draws (the global RNG is restored afterwards).
+    :param bool return_weights: keep the drawn compressed weights (``result.weights``).
     :rtype: PosteriorPredictive
     """
     import pyro
-    import pyro.poutine as poutine
 
     from sqs_pyro.elbo import warn_if_mean_plug_in
     from sqs_pyro.models.sqs_model import _logits
@@ -151,7 +156,7 @@ def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, 
     kind = _kind(model)
     warn_if_mean_plug_in(guide)
     sites = list(model.sites)
-    with torch.random.fork_rng(), eval_mode(model.net), poutine.block():
+    with torch.random.fork_rng(), eval_mode(model.net):
         torch.manual_seed(int(seed))
         out = pyro.infer.Predictive(model, guide=guide, num_samples=int(num_samples), parallel=parallel,
                                     return_sites=sites + ["obs", "_RETURN"])(x)
@@ -160,6 +165,8 @@ def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, 
     output = _logits(out["_RETURN"]).reshape((s,) + tuple(_logits(out["_RETURN"]).shape[-2:])).double()
     result = PosteriorPredictive(kind=kind, prob=float(prob), num_samples=s, draws=draws, mean=None,
                                  fit_plug_in=getattr(guide, "fit_plug_in", None))
+    if return_weights:
+        result.weights = {n: out[n].reshape((s,) + tuple(model.sites[n].shape)) for n in sites}
     tail = (1.0 - prob) / 2
     yv = None if y is None else torch.as_tensor(y).reshape(-1).double().cpu().numpy()
     if kind == "regression":

@@ -164,6 +164,10 @@ def test_codebook_draws_are_exact_codebook_values(fits):
         codebook = guide.params_of(name).locs.detach().reshape(-1)
         values = torch.unique(pred[name])
         assert set(values.tolist()) <= set(codebook.tolist()) | {0.0}
+    with CodebookDraws():
+        pp = posterior_predictive(model, guide, xs, num_samples=30, return_weights=True)
+    assert set(torch.unique(pp.weights["0.weight"]).tolist()) <= set(
+        guide.params_of("0.weight").locs.detach().reshape(-1).tolist()) | {0.0}
 
 
 def test_posterior_predictive_for_classification():
