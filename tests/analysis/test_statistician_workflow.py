@@ -397,3 +397,15 @@ def test_vectorized_particles_evaluate_batched_networks():
     with torch.no_grad():
         a, b = vec.loss(model, guide, x, y), seq.loss(model, guide, x, y)
     assert np.isfinite(a) and a == pytest.approx(b, rel=0.1)
+
+
+@pytest.mark.parametrize("module", ["sqs_pyro.elbo", "sqs_pyro.handlers", "sqs_pyro.state",
+                                    "sqs_pyro.analysis.predictive", "sqs_pyro.analysis.to_arviz",
+                                    "sqs_pyro.analysis.diagnostics"])
+def test_docstring_examples_run(module, tmp_path, monkeypatch):
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
