@@ -43,14 +43,16 @@ class ExactDraws(Independent):
 
     :class:`~sqs_pyro.distributions.SparseGMM`'s ``rsample`` is a concrete
     relaxation that is never exactly zero; it stays available for
-    :class:`RelaxedDraws` (the sampled ELBO), while every other consumer of the
-    guide (``Predictive``, ``poutine.trace``) gets exact draws.
-    :attr:`has_rsample` keeps the base's value, so Pyro still treats the site
-    as reparameterized (the analytic KL is used; no score-function term).
+    :class:`RelaxedDraws` (the sampled plug-in of :class:`~sqs_pyro.SQSELBO`),
+    while every other consumer of the guide (``Predictive``, ``poutine.trace``)
+    gets exact draws. Exact draws of the gate and component are not
+    reparameterized, and :attr:`has_rsample` says so: a generic Pyro ELBO
+    (``Trace_ELBO``) then uses score-function gradients for these sites, and
+    ``TraceMeanField_ELBO`` with validation refuses them; ``SQSELBO`` uses the
+    analytic KL and enters its own plug-in handler.
     """
 
-    def __call__(self, sample_shape=torch.Size()):
-        return self.sample(sample_shape)
+    has_rsample = False
 
     @classmethod
     def wrap(cls, fn):
