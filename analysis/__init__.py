@@ -9,6 +9,8 @@ fast (matplotlib, xarray and ArviZ load only when needed):
   mixed-measure log densities;
 - :mod:`~sqs_pyro.analysis.diagnostics`: :func:`psis_diagnostic` (PSIS k-hat),
   :func:`prior_sensitivity` (power scaling);
+- :mod:`~sqs_pyro.analysis.predictive`: :func:`posterior_predictive`
+  (intervals, prediction sets, coverage);
 - :mod:`~sqs_pyro.analysis.plots`: ``plot_*`` figures (PNG + SVG);
 - :mod:`~sqs_pyro.analysis.report`: :func:`write_report` (self-contained HTML);
 - :mod:`~sqs_pyro.analysis.run_dir`: :class:`RunDir`, reading a run directory;
@@ -31,6 +33,8 @@ _EXPORTS = {
     "psis_from_log_ratios": "diagnostics",
     "prior_sensitivity": "diagnostics",
     "khat_label": "diagnostics",
+    "posterior_predictive": "predictive",
+    "PosteriorPredictive": "predictive",
     "plot_weight_histogram": "plots",
     "plot_gate_histograms": "plots",
     "plot_codebook_usage": "plots",
@@ -38,6 +42,7 @@ _EXPORTS = {
     "plot_elbo_trace": "plots",
     "plot_accuracy_vs_k": "plots",
     "plot_window_errors": "plots",
+    "plot_predictive": "plots",
     "save_figure": "plots",
     "write_report": "report",
     "RunDir": "run_dir",

@@ -76,7 +76,8 @@ def _make_figure(kind, run, args):
         rows = run.log()
         if not rows:
             raise FileNotFoundError(f"{run.path} has no (non-empty) log.jsonl")
-        return plots.plot_elbo_trace(rows)
+        cfg = run.config()
+        return plots.plot_elbo_trace(rows, plug_in=cfg.compress.plug_in if cfg is not None else None)
     if kind == "sizes":
         if run.export_path is None:
             raise FileNotFoundError(f"{run.path} has no compressed.safetensors: export the run first")

@@ -13,7 +13,10 @@ PNG *and* SVG (``path`` with its suffix replaced by ``.png`` and ``.svg``).
 - :func:`plot_layer_sizes`: sparsity and bits per weight per layer (paper,
   stored, entropy bound) from a compressed file's size report;
 - :func:`plot_elbo_trace`: the loss split into data term and per-layer KL, from
-  a run's ``log.jsonl``;
+  a run's ``log.jsonl`` or a plain SVI history (panels without data are left
+  out; the data term is labelled with its estimator, see :data:`DATA_TERM_LABELS`);
+- :func:`plot_predictive`: posterior predictive intervals against the observed
+  targets (regression);
 - :func:`plot_accuracy_vs_k`: greedy MAP vs Bayesian averaging against ``K``
   (SQS paper, Fig. 3 style [1]);
 - :func:`plot_window_errors`: reconstruction error vs ``K`` for one codebook per
@@ -46,12 +49,14 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DATA_TERM_LABELS",
     "load_log",
     "plot_accuracy_vs_k",
     "plot_codebook_usage",
     "plot_elbo_trace",
     "plot_gate_histograms",
     "plot_layer_sizes",
+    "plot_predictive",
     "plot_weight_histogram",
     "plot_window_errors",
     "save_figure",
@@ -314,7 +319,11 @@ def plot_layer_sizes(report, *, path=None):
 
 
 def load_log(log):
-    """Rows of a run's ``log.jsonl`` (a path) or a list of row dicts as they are; a torn last line is skipped."""
+    """
+    Rows of a run's ``log.jsonl`` (a path), a list of row dicts as they are, or
+    a plain SVI history (a list of losses, as ``svi.step`` returns them: rows
+    ``{"step": i, "loss": loss}``); a torn last line is skipped.
+    """
     if isinstance(log, (str, os.PathLike)):
         rows = []
         with open(log) as f:
@@ -327,59 +336,90 @@ def load_log(log):
                 except json.JSONDecodeError:
                     break
         return rows
-    return list(log)
+    rows = list(log)
+    if rows and not isinstance(rows[0], dict):
+        rows = [{"step": i, "loss": float(v)} for i, v in enumerate(rows, 1)]
+    return rows
 
 
-def plot_elbo_trace(log, *, per_example=True, path=None):
+#: Labels of the data term under each plug-in (:class:`~sqs_pyro.SQSELBO`).
+DATA_TERM_LABELS = {
+    "mean": "−log p(D|θ̄) at the posterior mean θ̄ (mean plug-in; not −E_q log p(D|θ))",
+    "sample": "−log p(D|θ), θ ~ q (sampled plug-in: estimates −E_q log p(D|θ))",
+    None: "−data term (plug-in not recorded)",
+}
+
+
+def plot_elbo_trace(log, *, per_example=True, plug_in=None, path=None):
     """
-    The training objective from a run's log, one panel each for:
-    the negative ELBO split into the negative data term ``-E log p(D|theta)``
-    and the total KL (per training example when ``per_example``); the KL of
-    each layer (log scale); and the mask, posterior and target sparsity.
+    The training objective from a run's log: the loss (the negative objective)
+    and, where the log has them, its data term and total KL, the KL of each
+    layer (log scale), and the mask, posterior and target sparsity. Panels
+    without data in the log are left out: a plain SVI history (a list of
+    losses) gives one panel.
 
-    :param log: path to ``log.jsonl`` or a list of its rows (keys ``step``,
+    The data term is labelled with the estimator that produced it: under the
+    posterior-mean plug-in it is ``-log p(D | theta_bar)``, not
+    ``-E_q log p(D | theta)``, and the loss is then not a negative ELBO.
+
+    :param log: path to ``log.jsonl``, a list of its rows (keys ``step``,
         ``loss``, ``loss_per_example``, ``data``, ``kl_total``, ``kl``,
-        ``sparsity``, ``posterior_sparsity``, ``target_sparsity``).
+        ``sparsity``, ``posterior_sparsity``, ``target_sparsity``,
+        optionally ``plug_in``) or a list of losses.
+    :param str plug_in: ``"mean"`` or ``"sample"``, when the rows do not say
+        (e.g. from the run's config).
     """
     rows = load_log(log)
     if not rows:
         raise ValueError("the log is empty: nothing to plot")
-    step = np.array([r["step"] for r in rows], dtype=float)
+    plug_in = rows[-1].get("plug_in", plug_in)
+    step = np.array([r.get("step", i) for i, r in enumerate(rows, 1)], dtype=float)
     n = 1.0
     if per_example and rows[-1].get("loss_per_example"):
         n = rows[-1]["loss"] / rows[-1]["loss_per_example"]
     unit = " per example" if n != 1.0 else ""
-    # the KL weight beta is not logged: loss = -(data - beta * KL) gives it back
-    betas = [(r["loss"] + r["data"]) / r["kl_total"] for r in rows if r.get("kl_total")]
-    beta = float(np.median(betas)) if betas else 1.0
-    beta = 1.0 if abs(beta - 1.0) < 1e-3 else beta
-    fig, axes = _figure(3, 1, width=8, height=8, sharex=True)
-    ax = axes[0, 0]
-    ax.plot(step, [-r["data"] / n for r in rows], color=_C["data"], label="−data term (−E log p(D|θ))")
-    kl_label = "KL (Jensen bound)" if beta == 1.0 else f"β·KL (Jensen bound), β = {beta:.3g}"
-    ax.plot(step, [beta * r["kl_total"] / n for r in rows], color=_C["kl"], label=kl_label)
-    ax.plot(step, [r["loss"] / n for r in rows], color=_C["loss"], lw=1.6, label="−ELBO (loss)")
+    has_terms = all(r.get("data") is not None and r.get("kl_total") is not None for r in rows)
+    has_layers = bool(rows[-1].get("kl"))
+    sparsity_keys = [k for k in ("sparsity", "posterior_sparsity", "target_sparsity") if k in rows[-1]]
+    panels = ["loss"] + (["layers"] if has_layers else []) + (["sparsity"] if sparsity_keys else [])
+    fig, axes = _figure(len(panels), 1, width=8, height=2.7 * len(panels) + 0.4, sharex=True)
+    axes = {name: axes[i, 0] for i, name in enumerate(panels)}
+    ax = axes["loss"]
+    objective = {"mean": "posterior-mean surrogate objective", "sample": "ELBO"}.get(plug_in, "objective")
+    if has_terms:
+        # the KL weight beta is not logged: loss = -(data - beta * KL) gives it back
+        betas = [(r["loss"] + r["data"]) / r["kl_total"] for r in rows if r.get("kl_total")]
+        beta = float(np.median(betas)) if betas else 1.0
+        beta = 1.0 if abs(beta - 1.0) < 1e-3 else beta
+        ax.plot(step, [-r["data"] / n for r in rows], color=_C["data"], label=DATA_TERM_LABELS.get(plug_in,
+                DATA_TERM_LABELS[None]))
+        kl_label = "KL (Jensen bound)" if beta == 1.0 else f"β·KL (Jensen bound), β = {beta:.3g}"
+        ax.plot(step, [beta * r["kl_total"] / n for r in rows], color=_C["kl"], label=kl_label)
+        ax.set_title(f"negative {objective} = −data + β·KL", fontsize=9)
+    else:
+        ax.set_title(f"negative {objective} (loss)", fontsize=9)
+    ax.plot(step, [r["loss"] / n for r in rows], color=_C["loss"], lw=1.6, label=f"−{objective} (loss)")
     ax.set_ylabel("nats" + unit, fontsize=8)
-    ax.set_title("negative ELBO = −data + β·KL", fontsize=9)
     ax.legend(fontsize=7)
-    ax = axes[1, 0]
-    sites = list(rows[-1].get("kl", {}))
-    for name in sites:
-        ax.plot(step, [max(r["kl"].get(name, np.nan) / n, 1e-12) for r in rows], lw=1, label=name)
-    ax.set_yscale("log")
-    ax.set_ylabel("KL" + unit, fontsize=8)
-    ax.set_title("KL per layer" + ("" if beta == 1.0 else " (before the weight β)"), fontsize=9)
-    if len(sites) <= 12:
-        ax.legend(fontsize=6, ncol=2)
-    ax = axes[2, 0]
-    for key, style in (("sparsity", "-"), ("posterior_sparsity", "--"), ("target_sparsity", ":")):
-        if key in rows[-1]:
+    if has_layers:
+        ax = axes["layers"]
+        sites = list(rows[-1].get("kl", {}))
+        for name in sites:
+            ax.plot(step, [max(r.get("kl", {}).get(name, np.nan) / n, 1e-12) for r in rows], lw=1, label=name)
+        ax.set_yscale("log")
+        ax.set_ylabel("KL" + unit, fontsize=8)
+        ax.set_title("KL per layer (before the weight β)", fontsize=9)
+        if len(sites) <= 12:
+            ax.legend(fontsize=6, ncol=2)
+    if sparsity_keys:
+        ax = axes["sparsity"]
+        for key, style in zip(sparsity_keys, ("-", "--", ":")):
             ax.plot(step, [r.get(key, np.nan) for r in rows], style, label=key.replace("_", " "))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("sparsity", fontsize=8)
-    ax.set_xlabel("step", fontsize=8)
-    ax.legend(fontsize=7)
-    for a in axes[:, 0]:
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("sparsity", fontsize=8)
+        ax.legend(fontsize=7)
+    axes[panels[-1]].set_xlabel("step", fontsize=8)
+    for a in axes.values():
         a.tick_params(labelsize=7)
     return _finish(fig, path)
 
@@ -486,4 +526,43 @@ def plot_window_errors(weights, num_components=(4, 8, 16, 32, 64), *, blocks=4, 
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
+    return _finish(fig, path)
+
+
+def plot_predictive(pp, y, *, max_points=200, path=None):
+    """
+    Posterior predictive of a regression against the observed targets:
+    each example's ``prob`` interval of ``y*`` (observation noise included)
+    and of the mean function, sorted by the predictive mean, with the observed
+    ``y`` (red where it falls outside the interval) and the coverage in the title.
+
+    :param pp: a :class:`~sqs_pyro.analysis.predictive.PosteriorPredictive` (regression).
+    :param y: the observed targets of the same examples.
+    """
+    if pp.kind != "regression":
+        raise ValueError("plot_predictive draws regression intervals; this is a " + pp.kind)
+    yv = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y, dtype=float).reshape(-1)
+    order = np.argsort(pp.mean)
+    if order.size > max_points:
+        order = order[np.linspace(0, order.size - 1, max_points).astype(int)]
+    i = np.arange(order.size)
+    fig, axes = _figure(1, 1, width=7.5, height=3.6)
+    ax = axes[0, 0]
+    ax.fill_between(i, pp.lower[order], pp.upper[order], color="#c6dbef", step="mid",
+                    label=f"{pp.prob:.0%} predictive interval of y*")
+    ax.fill_between(i, pp.f_lower[order], pp.f_upper[order], color="#6baed6", step="mid",
+                    label=f"{pp.prob:.0%} interval of the mean f(x)")
+    ax.plot(i, pp.mean[order], color="#08519c", lw=1, label="predictive mean")
+    inside = (yv[order] >= pp.lower[order]) & (yv[order] <= pp.upper[order])
+    ax.scatter(i[inside], yv[order][inside], s=6, color="#222222", label="observed y", zorder=3)
+    ax.scatter(i[~inside], yv[order][~inside], s=8, color=_C["spike"], label="observed y, outside", zorder=3)
+    title = f"posterior predictive: coverage {pp.coverage:.2f} at {pp.prob:.0%}" if pp.coverage is not None else \
+        "posterior predictive"
+    if pp.fit_plug_in == "mean":
+        title += " (mean plug-in fit: not calibrated)"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("examples, sorted by predictive mean", fontsize=8)
+    ax.set_ylabel("y", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.tick_params(labelsize=7)
     return _finish(fig, path)

@@ -44,7 +44,7 @@ import torch
 
 __all__ = [
     "Draw", "LayerState", "atomless_sites", "draw_layer", "eval_mode", "iter_draws", "layer_states",
-    "log_densities", "pointwise_log_likelihood",
+    "log_densities", "pointwise_log_likelihood", "pointwise_predictive",
 ]
 
 
@@ -202,6 +202,18 @@ def pointwise_log_likelihood(model, weights, x, y):
     scaling), through the model's own likelihood, with ``weights``
     substituted for the compressed tensors and the net in eval mode.
     """
+    return pointwise_predictive(model, weights, x, y, replicate=False)[0]
+
+
+@torch.no_grad()
+def pointwise_predictive(model, weights, x, y, replicate=True):
+    """
+    ``(log p(y_j | x_j, theta), y_rep)``: the pointwise log-likelihood (as
+    :func:`pointwise_log_likelihood`) and a replicate ``y_rep ~ p(y | x, theta)``
+    drawn from the same likelihood (None without ``replicate``), shaped like
+    the likelihood's draws (``y``'s shape for the classification and
+    regression likelihoods).
+    """
     with eval_mode(model.net):
         output = model.run_net(weights, x)
     kwargs = {}
@@ -210,4 +222,5 @@ def pointwise_log_likelihood(model, weights, x, y):
     with pyro.poutine.block():
         trace = pyro.poutine.trace(model.likelihood).get_trace(output, y, **kwargs)
     site = trace.nodes["obs"]
-    return site["fn"].log_prob(site["value"]).reshape(-1)
+    log_lik = site["fn"].log_prob(site["value"]).reshape(-1)
+    return log_lik, (site["fn"].sample() if replicate else None)

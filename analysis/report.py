@@ -191,12 +191,25 @@ def _diagnostics_html(diag):
     psis = diag.get("psis")
     if psis:
         label = psis.get("label", "undefined")
-        out.append(
-            f"<p>PSIS k̂ of log p(θ, y) − log q(θ): <span class=\"{_esc(label)}\">{_fmt(psis.get('khat'), 3)} "
-            f"({_esc(label)})</span> from {psis.get('num_draws')} exact draws of q; effective sample size "
-            f"{_fmt(psis.get('ess'), 3)}; Monte Carlo ELBO {_fmt(psis.get('elbo'), 6)}, importance-sampling "
-            f"log p(y) ≈ {_fmt(psis.get('log_evidence_is'), 6)}.</p>"
-        )
+        reliable = psis.get("reliable", label in ("good", "ok"))
+        if reliable:
+            out.append(
+                f"<p>PSIS k̂ of log p(θ, y) − log q(θ): <span class=\"{_esc(label)}\">{_fmt(psis.get('khat'), 3)} "
+                f"({_esc(label)})</span> from {psis.get('num_draws')} exact draws of q; effective sample size "
+                f"{_fmt(psis.get('ess'), 3)}; Monte Carlo ELBO {_fmt(psis.get('elbo'), 6)}, importance-sampling "
+                f"log p(y) ≈ {_fmt(psis.get('log_evidence_is'), 6)}.</p>"
+            )
+        else:
+            khat = psis.get("khat")
+            shown = "undefined" if khat is None else (_fmt(khat, 3) if khat < 1.5 else "&gt; 1.5")
+            out.append(
+                f"<p><span class=\"unreliable\">Degenerate importance weights</span> (PSIS k̂ {shown}, effective "
+                f"sample size {_fmt(psis.get('ess'), 3)} of {psis.get('num_draws')} exact draws of q): q is far from "
+                "the posterior where it matters, and importance-weighted estimates (log p(y) among them) are not "
+                f"reported. Monte Carlo ELBO (exact KL, likelihood at draws): {_fmt(psis.get('elbo'), 6)}.</p>"
+            )
+            if psis.get("advice"):
+                out.append(f"<p>Next step: {_esc(psis['advice'])}.</p>")
         if psis.get("note"):
             out.append(f"<p>{_esc(psis['note'])}</p>")
         out.append(
@@ -217,7 +230,11 @@ def _diagnostics_html(diag):
         rows.append(["<i>k̂ of the weights</i>", ""] + [_fmt(sens["khat"].get(a), 3) for a in alphas] + [""])
         rows.append(["<i>ESS</i>", ""] + [_fmt(sens["ess"].get(a), 3) for a in alphas] + [""])
         out.append("<p>Prior power-scaling: posterior means re-weighted by π(θ)<sup>α−1</sup>; the last column is "
-                   "arviz-stats' local sensitivity (psense; &gt; 0.05: the prior visibly shapes that summary).</p>")
+                   "arviz-stats' local sensitivity (psense; &gt; 0.05: the prior visibly shapes that summary). "
+                   "Columns whose weights have k̂ &gt; 0.7 are not estimates.</p>")
+        withheld = sens.get("psense", {}).get("withheld") if isinstance(sens.get("psense"), dict) else None
+        if withheld:
+            out.append(f"<p>psense withheld: {_esc(withheld)}</p>")
         out.append(_table(["layer", "summary"] + [f"α = {a}" for a in alphas] + ["psense"], rows))
     return "".join(out) if out else _note("diagnostics.json has no PSIS or sensitivity entries.")
 
@@ -243,8 +260,12 @@ def compute_diagnostics(run, model, guide, data, *, num_draws=200, max_examples=
         x, y = x[idx], y[idx]
     device = next(iter(model.sites.values())).anchor.device
     tree = to_datatree(model, guide, num_draws=num_draws, weights_per_layer=64, data=(x.to(device), y.to(device)),
-                       seed=seed)
-    psis = psis_from_datatree(tree, num_data=n).to_dict()
+                       seed=seed, predictive=False)
+    try:
+        plug_in = run.config().compress.plug_in
+    except Exception:  # noqa: BLE001  (no or unreadable config: no plug-in advice)
+        plug_in = None
+    psis = psis_from_datatree(tree, num_data=n, fit_plug_in=plug_in).to_dict()
     psis["note"] = (f"log-likelihood over all {n} training examples" if len(y) == n else
                     f"log-likelihood of {len(y)} of the {n} training examples, scaled by n/{len(y)} "
                     "(a noisy estimate of the full log joint, which inflates k̂)")
@@ -287,7 +308,11 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     if cfg is not None:
         r.add(f"<p>Model <b>{_esc(cfg.model.arch)}</b> on <b>{_esc(cfg.data.dataset)}</b>; target sparsity "
               f"{_fmt(cfg.compress.sparsity)}, pruning {_esc(cfg.compress.pruning)}, KL weight "
-              f"{_fmt(cfg.compress.kl_weight)}, plug-in {_esc(cfg.compress.plug_in)}.</p>")
+              f"{_fmt(cfg.compress.kl_weight)}, plug-in {_esc(cfg.compress.plug_in)}"
+              + {"mean": " (the likelihood at the posterior-mean weights: a compression surrogate, not an ELBO; "
+                         "q's spread is not fitted to the data)",
+                 "sample": " (the likelihood at draws from q: a Monte Carlo ELBO)"}.get(cfg.compress.plug_in, "")
+              + ".</p>")
         r.add(f"<details><summary>config.toml</summary><pre>{_esc(run.config_path.read_text())}</pre></details>")
     elif run.config_path is None:
         r.add(_note("No config.toml in this directory: the model cannot be rebuilt."))
@@ -336,8 +361,16 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     except Exception as e:  # noqa: BLE001
         r.add(_note(f"log.jsonl could not be read: <code>{_esc(e)}</code>", error=True))
     if rows:
-        r.figure("the ELBO trace", lambda: plots.plot_elbo_trace(rows),
-                 "Negative ELBO split into the data term and the KL (Jensen bound), KL per layer, and sparsity.")
+        try:
+            cfg = run.config()
+            plug_in = cfg.compress.plug_in if cfg is not None else None
+        except Exception:  # noqa: BLE001  (the config is reported elsewhere)
+            plug_in = None
+        what = {"mean": "the data term at the posterior-mean weights (mean plug-in: a surrogate, not "
+                        "−E log p(D|θ))", "sample": "the data term at draws from q (a Monte Carlo ELBO)"}
+        r.figure("the ELBO trace", lambda: plots.plot_elbo_trace(rows, plug_in=plug_in),
+                 f"The loss split into {what.get(plug_in, 'the data term')} and the KL (Jensen bound), KL per "
+                 "layer, and sparsity.")
     elif rows is None:
         r.add(_note("No log.jsonl: the run has not been compressed yet."))
     else:

@@ -3,31 +3,42 @@ A fitted SQS posterior as an ArviZ :class:`~xarray.DataTree`.
 
 :func:`to_datatree` draws whole networks exactly from the
 :class:`~sqs_pyro.guides.SQSGuide` (see
-:mod:`sqs_pyro.analysis.posterior_draws`) and stores, with
-``sample_dims=["sample"]`` (ArviZ's convention for variational draws, which
-have no chains):
+:mod:`sqs_pyro.analysis.posterior_draws`) and lays them out as ArviZ expects,
+with the sample dimensions ``(chain, draw)``: independent draws from ``q``
+make **one chain** (``chain = 1``, ``draw = num_draws``; ``num_chains`` splits
+them into several, which R-hat needs). Every ArviZ function then works on the
+tree as on MCMC output: ``arviz_stats.summary``, ``ess``, ``rhat`` (about 1 for
+independent draws, NaN with one chain), ``hdi``, ``loo`` (with ``data``),
+``psense``, and the arviz-plots plots (``plot_dist``, ``plot_forest``,
+``plot_ppc_dist``). Below, ``sample`` stands for ``(chain, draw)``.
 
 ``posterior`` (one value per draw)
     ``theta`` (sample, weight): a random subset of the compressed weights
-    (``weights_per_layer`` per layer; label ``"layer[i,j,...]"``, coordinate
-    ``weight_layer``); ``sparsity`` (sample, layer): fraction of exact zeros
+    (``weights_per_layer`` per layer; label ``"layer[i,j,...]"``; the layer of
+    each is ``variational/weight_layer``); ``sparsity`` (sample, layer): fraction of exact zeros
     in the drawn layer; ``bits`` (sample, layer): the paper's bits per weight
     ``log2(K) x nonzero fraction`` (its compression rate is ``32 / bits``);
     ``entropy_bits`` (sample, layer): the empirical entropy of the draw's mask
-    and codes per weight, what an ideal entropy coder would need;
-    ``component_usage`` (sample, layer, component): share of the nonzero
-    weights drawn from each component.
+    and codes per weight, what an ideal entropy coder would need. Only
+    scalars per layer or weight live here, so that every ArviZ summary
+    (``psense_summary`` included, which on the 0.8 line cannot stack a
+    two-dimensional variable) works on the group as it is.
 ``log_prior``
     ``theta`` (sample, weight): the spike-and-slab log prior of each drawn
     subset weight, on the mixed measure (``log(1 - lambda_0)`` at an exact 0).
     This is a *subset*: to power-scale the whole prior use
     :func:`sqs_pyro.analysis.diagnostics.prior_sensitivity`.
-``log_likelihood`` and ``observed_data`` (when ``data=(x, y)`` is given)
-    ``obs`` (sample, obs_id): ``log p(y_j | x_j, theta_s)`` at each drawn network.
+``log_likelihood``, ``posterior_predictive`` and ``observed_data`` (when ``data=(x, y)`` is given)
+    ``obs`` (sample, obs_id): ``log p(y_j | x_j, theta_s)`` at each drawn
+    network, and a replicate ``y_rep ~ p(y | x_j, theta_s)`` drawn from it (the
+    posterior predictive; left out when the likelihood's draws are not shaped
+    like ``y``, e.g. a causal LM).
 ``sample_stats``
     ``log_prior`` and ``log_q``: the log prior and log posterior density of
     the whole drawn network (all compressed weights, mixed measure; sites
-    without a spike left out), and ``log_likelihood`` (sum over the batch).
+    without a spike left out), ``log_likelihood`` (sum over the batch), and
+    ``component_usage`` (sample, layer, component): share of the nonzero
+    weights drawn from each component.
 ``variational`` (no sample dimension: the fitted ``q`` itself)
     ``gate_mean``, ``expected_sparsity`` (``1 - mean gamma``),
     ``mask_sparsity``, ``export_sparsity`` (pruned by the export rule:
@@ -39,6 +50,8 @@ have no chains):
 
 Only arviz-base's :func:`~arviz_base.from_dict` and
 :func:`~arviz_base.dict_to_dataset` are used, which the 0.x and 1.x lines share.
+A fit made with the posterior-mean plug-in gives a :class:`~sqs_pyro.elbo.MeanPlugInWarning`
+when ``data`` asks for the predictive groups.
 
 Example::
 
@@ -51,16 +64,19 @@ Example::
     >>> x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     >>> dt = to_datatree(model, guide, num_draws=20, weights_per_layer=3, data=(x, y))
     >>> dict(dt["posterior"].sizes)
-    {'sample': 20, 'weight': 6, 'layer': 2, 'component': 4}
+    {'chain': 1, 'draw': 20, 'weight': 6, 'layer': 2}
     >>> dt["log_likelihood"]["obs"].shape
-    (20, 5)
+    (1, 20, 5)
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["DEFAULT_QUANTILES", "build_datatree", "layer_summary", "to_datatree"]
+__all__ = ["DEFAULT_QUANTILES", "SAMPLE_DIMS", "build_datatree", "flat_draws", "layer_summary", "to_datatree"]
+
+#: The sample dimensions of every group with draws: one chain of independent draws from ``q``.
+SAMPLE_DIMS = ("chain", "draw")
 
 #: Gate-probability quantiles stored in the ``variational`` group.
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -164,27 +180,55 @@ def _entropy_bits(codes, numel):
     return bits / numel
 
 
-def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None):
+def flat_draws(da):
+    """The values of a DataArray with ``(chain, draw)`` flattened to one leading draw axis (numpy)."""
+    dims = [d for d in SAMPLE_DIMS if d in da.dims]
+    rest = [d for d in da.dims if d not in dims]
+    values = np.asarray(da.transpose(*dims, *rest).values)
+    return values.reshape((-1,) + values.shape[len(dims):])
+
+
+def _chains(groups, num_chains=1):
+    # (draws, ...) arrays -> (chain, draw, ...); groups named *data have no draws
+    def split(v):
+        v = np.asarray(v)
+        if v.shape[0] % num_chains:
+            raise ValueError(f"{v.shape[0]} draws do not split into {num_chains} chains of equal length")
+        return v.reshape((num_chains, v.shape[0] // num_chains) + v.shape[1:])
+
+    return {g: ({k: np.asarray(v) for k, v in d.items()} if "data" in g else {k: split(v) for k, v in d.items()})
+            for g, d in groups.items()}
+
+
+def build_datatree(groups, *, dims, coords, variational, weight_layer, name=None, num_chains=1):
     """
     Assemble the DataTree from plain arrays (no torch): ``groups`` for
-    :func:`arviz_base.from_dict` with ``sample_dims=["sample"]``, ``variational``
-    a ``(data, coords, dims)`` triple for the group without draws, and
-    ``weight_layer`` the layer of each ``theta`` weight (a non-index coordinate).
+    :func:`arviz_base.from_dict`, each array with one leading axis of
+    independent draws (laid out here as ``(chain, draw)``, ``num_chains``
+    chains), ``variational`` a ``(data, coords, dims)`` triple for the group
+    without draws, and ``weight_layer`` the layer of each ``theta`` weight
+    (``variational/weight_layer``).
     """
     from arviz_base import dict_to_dataset, from_dict
 
     attrs = {"/": {"inference": "variational (SQS guide)", "draws": "exact draws from the SparseGMM posterior",
-                   "inference_library": "pyro", "density_measure": "delta_0 + Lebesgue"}}
-    dt = from_dict(groups, sample_dims=["sample"], dims=dims, coords=coords, name=name, attrs=attrs)
-    dt["posterior"] = dt["posterior"].to_dataset().assign_coords(weight_layer=("weight", list(weight_layer)))
+                   "chains": f"{num_chains} chain(s) of independent draws from q", "inference_library": "pyro",
+                   "density_measure": "delta_0 + Lebesgue"}}
+    dt = from_dict(_chains(groups, num_chains), sample_dims=list(SAMPLE_DIMS), dims=dims, coords=coords, name=name,
+                   attrs=attrs)
     v_data, v_coords, v_dims = variational
+    # the layer of each theta weight: a variable of the draw-free group (as a coordinate of the posterior
+    # it would break ArviZ's stacking in summary)
+    v_data, v_coords, v_dims = ({**v_data, "weight_layer": np.asarray(list(weight_layer), dtype=str)},
+                                {**v_coords, "weight": list(dt["posterior"]["weight"].values)},
+                                {**v_dims, "weight_layer": ["weight"]})
     dt["variational"] = dict_to_dataset(v_data, coords=v_coords, dims=v_dims, sample_dims=[],
                                         attrs={"description": "parameters and summaries of the fitted q (no draws)"})
     return dt
 
 
 def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, seed=0, tau=None,
-                quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None):
+                quantiles=DEFAULT_QUANTILES, batch_size=1024, name=None, predictive=True, num_chains=1):
     """
     Convert a fitted model and guide to an ArviZ DataTree (groups listed in
     the module docstring).
@@ -200,16 +244,27 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
         likelihood that takes one, e.g. :class:`~sqs_pyro.models.CausalLM`).
     :param int seed: seeds the subset and the draws.
     :param float tau: temperature of ``phi`` (the guide's own ``tau`` if None).
+    :param bool predictive: with ``data``, also draw the ``posterior_predictive`` group.
+    :param int num_chains: lay the (independent) draws out as this many chains
+        (``num_draws`` must be a multiple). One chain is the VI convention, but
+        R-hat needs two or more (arviz-stats returns NaN for one chain); as the
+        draws are independent, several chains are equally valid, and R-hat is
+        then about 1 by construction: it checks the draws, not the fit.
     :rtype: xarray.DataTree
     """
     import torch
 
-    with torch.no_grad():
+    if data is not None and predictive:
+        from sqs_pyro.elbo import warn_if_mean_plug_in
+
+        warn_if_mean_plug_in(guide)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(int(seed))
         groups, dims, coords, weight_layer = _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau,
-                                                          batch_size)
+                                                          batch_size, predictive)
     variational = layer_summary(model, guide, quantiles, tau)
     return build_datatree(groups, dims=dims, coords=coords, variational=variational, weight_layer=weight_layer,
-                          name=name)
+                          name=name, num_chains=num_chains)
 
 
 def _rows(x, start, size):
@@ -219,10 +274,10 @@ def _rows(x, start, size):
     return x[start : start + size]
 
 
-def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, batch_size):
+def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, batch_size, predictive=False):
     import torch
 
-    from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_log_likelihood
+    from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_predictive
 
     names = list(model.sites)
     if not names:
@@ -232,7 +287,7 @@ def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, ba
     states = layer_states(model, guide, tau)
     max_k = max(st.num_components for st in states.values())
     theta, lp_theta, sparsity, bits, ent, usage = [], [], [], [], [], []
-    lp_tot, lq_tot, ll, ll_tot = [], [], [], []
+    lp_tot, lq_tot, ll, ll_tot, y_rep = [], [], [], [], []
     for draw in iter_draws(model, guide, num_draws, seed=seed, tau=tau, states=states):
         log_q, log_p = log_densities(model, guide, draw.weights, tau, states)
         theta.append(torch.cat([draw.weights[n].reshape(-1)[index[n].to(draw.weights[n].device)].cpu() for n in names]))
@@ -258,11 +313,13 @@ def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, ba
         usage.append(_padded(u_row, max_k))
         if data is not None:
             x, y = data
-            chunks = [pointwise_log_likelihood(model, draw.weights, _rows(x, i, batch_size), y[i : i + batch_size])
+            chunks = [pointwise_predictive(model, draw.weights, _rows(x, i, batch_size), y[i : i + batch_size])
                       for i in range(0, len(y), batch_size)]
-            row = torch.cat(chunks).double().cpu()
+            row = torch.cat([c[0] for c in chunks]).double().cpu()
             ll.append(row.numpy())
             ll_tot.append(float(row.sum()))
+            if predictive:
+                y_rep.append(torch.cat([c[1] for c in chunks]).cpu().numpy())
 
     groups = {
         "posterior": {
@@ -270,10 +327,10 @@ def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, ba
             "sparsity": np.asarray(sparsity),
             "bits": np.asarray(bits),
             "entropy_bits": np.asarray(ent),
-            "component_usage": np.stack(usage),
         },
         "log_prior": {"theta": torch.stack(lp_theta).double().numpy()},
-        "sample_stats": {"log_prior": np.asarray(lp_tot), "log_q": np.asarray(lq_tot)},
+        "sample_stats": {"log_prior": np.asarray(lp_tot), "log_q": np.asarray(lq_tot),
+                         "component_usage": np.stack(usage)},
     }
     dims = {"theta": ["weight"], "sparsity": ["layer"], "bits": ["layer"], "entropy_bits": ["layer"],
             "component_usage": ["layer", "component"], "obs": ["obs_id"]}
@@ -284,6 +341,8 @@ def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, ba
         y = data[1]
         obs = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
         groups["observed_data"] = {"obs": obs}
+        if y_rep and y_rep[0].shape == obs.shape:
+            groups["posterior_predictive"] = {"obs": np.stack(y_rep)}
         if obs.ndim > 1:
             dims["obs"] = ["obs_id"] + [f"obs_dim_{i}" for i in range(1, obs.ndim)]
     return groups, dims, coords, weight_layer

@@ -191,7 +191,7 @@ def _make_step(args, variant, device):
         guide = SQSGuide(model)
         info["guide_init_s"] = time.perf_counter() - started
         guide.fused = variant == "fused"
-        elbo = SQSELBO()
+        elbo = SQSELBO(plug_in="mean")
         params = list(guide.parameters()) + [p for _, p in model.point_parameters()]
         optimizer = torch.optim.Adam(params, lr=1e-6)
         info["compressed_weights"] = sum(s.anchor.numel() for s in model.sites.values())

@@ -159,12 +159,32 @@ class SQSGuide(AutoMessenger):
     def site_names(self):
         return list(self.model.sites)
 
+    #: The plug-in of the last :class:`~sqs_pyro.SQSELBO` evaluation with gradients
+    #: (``"mean"`` or ``"sample"``; None before any): set by the ELBO, read by the
+    #: predictive helpers to warn about predictive uncertainty from a mean-plug-in fit.
+    fit_plug_in = None
+
     def get_posterior(self, name, prior):
+        """
+        The posterior at a compressed site, drawn exactly when sampled
+        (:class:`~sqs_pyro.handlers.ExactDraws`; the sampled ELBO asks for the
+        relaxation through :class:`~sqs_pyro.handlers.RelaxedDraws`). An
+        unobserved likelihood site (``y=None``, as in
+        ``pyro.infer.Predictive(model, guide=guide, ...)``) keeps the model's own
+        distribution: that is the posterior predictive.
+        """
         if name not in self.model.sites:
+            if name in getattr(self.model, "observation_sites", ("obs",)):
+                from sqs_pyro.elbo import warn_if_mean_plug_in
+
+                warn_if_mean_plug_in(self, stacklevel=6)
+                return prior
             raise NotImplementedError(
                 f"SQSGuide only covers compressed weights; site {name!r} is not one of them"
             )
-        return self.posterior(name)
+        from sqs_pyro.handlers import ExactDraws
+
+        return ExactDraws.wrap(self.posterior(name))
 
     #: Default of :meth:`posterior`'s ``fused``.
     fused = True

@@ -3,7 +3,9 @@ Likelihoods: how a network's output explains the data.
 
 Each likelihood opens the data plate of full size ``num_data`` over the
 minibatch, so Pyro scales the minibatch log-likelihood by ``n / b``
-(method.md §4) — nothing is hand-scaled.
+(method.md §4) — nothing is hand-scaled. ``batch_ndim`` leading dimensions of
+the network's output (one per vectorised plate around the model, e.g.
+``pyro.infer.Predictive(..., parallel=True)``) are kept left of the data plate.
 
 Example::
 
@@ -27,13 +29,19 @@ def _logits(output):
 def _data_plate(batch_size, num_data, subsample, device):
     if subsample is None:
         subsample = torch.arange(batch_size, device=device)
-    return pyro.plate("data", size=num_data or batch_size, subsample=subsample)
+    # predicting on more rows than the training set has: the plate's size must cover them
+    size = max(num_data or batch_size, batch_size)
+    return pyro.plate("data", size=size, subsample=subsample)
 
 
 class Likelihood:
-    """Base class: ``likelihood(output, target, num_data, subsample=None)`` adds the ``obs`` site."""
+    """
+    Base class: ``likelihood(output, target, num_data, subsample=None, batch_ndim=0)``
+    adds the ``obs`` site; ``output`` has ``batch_ndim`` leading batch dimensions
+    before the examples.
+    """
 
-    def __call__(self, output, target=None, num_data=None, subsample=None):
+    def __call__(self, output, target=None, num_data=None, subsample=None, batch_ndim=0):
         raise NotImplementedError
 
     def __repr__(self):
@@ -43,15 +51,19 @@ class Likelihood:
 class Categorical(Likelihood):
     """Classification: ``y ~ Categorical(logits=f(x))``."""
 
-    def __call__(self, output, target=None, num_data=None, subsample=None):
+    def __call__(self, output, target=None, num_data=None, subsample=None, batch_ndim=0):
         logits = _logits(output)
-        with _data_plate(logits.shape[0], num_data, subsample, logits.device):
+        with _data_plate(logits.shape[batch_ndim], num_data, subsample, logits.device):
             return pyro.sample("obs", dist.Categorical(logits=logits), obs=target)
 
 
 class Gaussian(Likelihood):
     """
     Regression: ``y ~ Normal(f(x), scale)``.
+
+    A network output of shape ``(n, 1)`` is a scalar regression: the trailing
+    1 is dropped when the target has shape ``(n,)`` or is not given (so
+    predictions have the shape of ``y``).
 
     :param float scale: observation noise; with ``learn_scale=True`` it is the
         initial value of a point-estimated ``obs_scale`` parameter.
@@ -61,16 +73,18 @@ class Gaussian(Likelihood):
         self.scale = float(scale)
         self.learn_scale = learn_scale
 
-    def __call__(self, output, target=None, num_data=None, subsample=None):
+    def __call__(self, output, target=None, num_data=None, subsample=None, batch_ndim=0):
         loc = _logits(output)
-        if target is not None and loc.dim() == target.dim() + 1 and loc.shape[-1] == 1:
+        per_example = loc.dim() - batch_ndim  # dims of the examples' output, the data dim included
+        if loc.shape[-1] == 1 and per_example >= 2 and (target is None or target.dim() == per_example - 1):
             loc = loc.squeeze(-1)
+            per_example -= 1
         if self.learn_scale:
             scale = pyro.param("obs_scale", lambda: loc.new_tensor(self.scale), constraint=constraints.positive)
         else:
             scale = loc.new_tensor(self.scale)
-        with _data_plate(loc.shape[0], num_data, subsample, loc.device):
-            return pyro.sample("obs", dist.Normal(loc, scale).to_event(loc.dim() - 1), obs=target)
+        with _data_plate(loc.shape[batch_ndim], num_data, subsample, loc.device):
+            return pyro.sample("obs", dist.Normal(loc, scale).to_event(per_example - 1), obs=target)
 
     def __repr__(self):
         return f"Gaussian(scale={self.scale}, learn_scale={self.learn_scale})"
@@ -86,17 +100,17 @@ class CausalLM(Likelihood):
     model's ``input_ids`` are not known here, so pass them explicitly.
     """
 
-    def __call__(self, output, target=None, num_data=None, subsample=None, attention_mask=None):
-        logits = _logits(output)[:, :-1]
+    def __call__(self, output, target=None, num_data=None, subsample=None, attention_mask=None, batch_ndim=0):
+        logits = _logits(output)[..., :-1, :]
         labels = None
-        mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        mask = torch.ones(logits.shape[batch_ndim : batch_ndim + 2], dtype=torch.bool, device=logits.device)
         if target is not None:
             labels = target[:, 1:]
             mask = labels != -100
             labels = labels.clamp(min=0)
         if attention_mask is not None:
             mask = mask & attention_mask[:, 1:].bool()
-        with _data_plate(logits.shape[0], num_data, subsample, logits.device):
+        with _data_plate(logits.shape[batch_ndim], num_data, subsample, logits.device):
             fn = dist.Categorical(logits=logits).mask(mask).to_event(1)
             return pyro.sample("obs", fn, obs=labels)
 

@@ -26,15 +26,21 @@ Example::
     >>> trace = pyro.poutine.trace(model).get_trace(torch.randn(5, 4), torch.zeros(5, dtype=torch.long))
     >>> trace.nodes["0.weight"]["fn"].event_shape
     torch.Size([8, 4])
+
+Weights with leading batch dimensions (``pyro.plate`` around the model, as in
+``pyro.infer.Predictive(..., parallel=True)``) evaluate the network once per
+draw, vectorised with :func:`torch.func.vmap`; the likelihoods then keep the
+batch dimensions left of the data plate.
 """
 
+import inspect
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyro
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from sqs_pyro.distributions import SpikeSlab
 from sqs_pyro.prior_spec import PriorSettings, PriorSpec
@@ -78,6 +84,9 @@ class SQSModel(nn.Module):
         ``net(x)`` for tensors and ``net(**x)`` for dicts (transformers inputs).
     """
 
+    #: Sample sites of the likelihood (what :class:`pyro.infer.Predictive` predicts when ``y`` is None).
+    observation_sites = ("obs",)
+
     def __init__(self, net, prior_spec, likelihood, num_data, forward=None):
         super().__init__()
         self.net = net
@@ -112,11 +121,55 @@ class SQSModel(nn.Module):
             return functional_call(self.net, weights, (), dict(x))
         return functional_call(self.net, weights, (x,))
 
+    def batch_shape_of(self, weights):
+        """
+        The leading batch shape of ``weights``: ``()`` for one network, ``(S,)`` for
+        ``S`` networks drawn under a plate at ``dim=-2`` (what
+        ``pyro.infer.Predictive(..., parallel=True)`` and vectorised particles
+        use; the weights' rightmost batch dimension is the data plate's, of size 1).
+        """
+        shapes = {tuple(w.shape[: w.dim() - self.sites[n].anchor.dim()]) for n, w in weights.items()}
+        if len(shapes) > 1:
+            raise ValueError(f"compressed weights have different batch shapes: {sorted(shapes)}")
+        shape = shapes.pop() if shapes else ()
+        if shape and shape[-1] != 1:
+            raise ValueError(
+                f"batched weights of batch shape {shape}: the rightmost batch dimension belongs to the data plate "
+                "(dim=-1) and must be 1; put the plate that batches networks at dim=-2 or further left"
+            )
+        return torch.Size(shape[:-1])
+
+    def run_batched(self, weights, x, batch_shape):
+        """
+        :meth:`run_net` once per leading index of ``weights`` (shape ``batch_shape
+        + (1,) + site shape``), vectorised with :func:`torch.func.vmap`; the
+        output has shape ``batch_shape + output shape``.
+        """
+        nb = len(batch_shape)
+        flat = {n: w.reshape((-1,) + w.shape[nb + 1:]) for n, w in weights.items()}
+        try:
+            out = vmap(lambda ws: _logits(self.run_net(ws, x)))(flat)
+        except RuntimeError:  # an operation vmap cannot batch (e.g. BatchNorm updating running stats): a loop
+            size = next(iter(flat.values())).shape[0]
+            out = torch.stack([_logits(self.run_net({n: w[i] for n, w in flat.items()}, x)) for i in range(size)])
+        return out.reshape(batch_shape + out.shape[1:])
+
     def forward(self, x, y=None, subsample=None, **likelihood_kwargs):
         for name, param in self.point_parameters():
             pyro.param("net." + name, param)
         weights = self.sample_weights()
-        output = self.run_net(weights, x)
+        batch_shape = self.batch_shape_of(weights)
+        if not batch_shape:  # drop a size-1 batch dimension (Predictive's sequential draws have one)
+            weights = {n: w.reshape(self.sites[n].anchor.shape) for n, w in weights.items()}
+            output = self.run_net(weights, x)
+        else:
+            if not _accepts(self.likelihood, "batch_ndim"):
+                raise ValueError(
+                    f"the likelihood {self.likelihood!r} does not take batch_ndim, so it cannot evaluate batched "
+                    "weights: use pyro.infer.Predictive(..., parallel=False)"
+                )
+            output = self.run_batched(weights, x, batch_shape)
+            likelihood_kwargs["batch_ndim"] = len(batch_shape)
         self.likelihood(output, y, num_data=self.num_data, subsample=subsample, **likelihood_kwargs)
         return output
 
@@ -125,3 +178,15 @@ class SQSModel(nn.Module):
             f"SQSModel(net={type(self.net).__name__}, sites={len(self.sites)}, "
             f"likelihood={self.likelihood!r}, num_data={self.num_data})"
         )
+
+
+def _accepts(fn, name):
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _logits(output):
+    return getattr(output, "logits", output)

@@ -9,12 +9,18 @@ Five lines from a trained network to a sparse, quantized one::
     guide = SQSGuide(model)                                      # sqs_pyro.guides
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), SQSELBO())
     compressed = greedy_map(model, guide)                        # after svi.step(X, y) a few hundred times
+
+``SQSELBO()`` estimates the data term at draws from the guide (a Monte Carlo
+ELBO) up to 100,000 compressed weights and at the posterior mean above; see
+:mod:`sqs_pyro.elbo` and docs/statisticians.md.
 """
 
-from .elbo import SQSELBO
-from .handlers import PosteriorMean
+from .elbo import SQSELBO, MeanPlugInWarning
+from .handlers import PosteriorMean, RelaxedDraws
 from .prior_spec import PriorSettings, PriorSpec
+from .state import load_fit, save_fit
 
 __version__ = "0.1.0"
 
-__all__ = ["PosteriorMean", "PriorSettings", "PriorSpec", "SQSELBO", "__version__"]
+__all__ = ["MeanPlugInWarning", "PosteriorMean", "PriorSettings", "PriorSpec", "RelaxedDraws", "SQSELBO",
+           "__version__", "load_fit", "save_fit"]

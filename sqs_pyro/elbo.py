@@ -3,8 +3,25 @@ The SQS evidence lower bound.
 
 ``ELBO = E_q[log p(D | theta)] - KL(q || pi)`` where the KL of each compressed
 site is the registered Jensen bound (method.md §4, an upper bound on the KL, so
-this stays a lower bound on the evidence) and, by default, the expected
-log-likelihood is evaluated at the posterior mean of the weights.
+this stays a lower bound on the evidence). The data term has two estimators,
+the *plug-ins*:
+
+``"sample"``
+    ``log p(D | theta)`` at (relaxed, reparameterized) draws ``theta ~ q``: a
+    Monte Carlo estimate of ``E_q log p(D | theta)``, so the objective is a real
+    ELBO and the fitted ``q`` has a spread the data shaped. A statistician's
+    posterior predictive needs this.
+``"mean"``
+    ``log p(D | theta_bar)`` at the posterior-mean weights
+    ``theta_bar = gamma * sum_k phi_k mu_k`` (the SQS paper's choice; cheap,
+    deterministic). It is **not** an estimate of ``E_q log p(D | theta)``: the
+    data term never sees the component scales or the gates' spread, so those
+    stay where the KL puts them (near the prior's). Use it to compress large
+    networks; do not read predictive uncertainty from such a fit
+    (:class:`MeanPlugInWarning`).
+``"auto"`` (default)
+    ``"sample"`` when the model has at most :data:`AUTO_SAMPLE_MAX_WEIGHTS`
+    compressed weights, else ``"mean"``.
 
 Example::
 
@@ -19,7 +36,11 @@ Example::
     >>> loss = elbo.differentiable_loss(model, guide, torch.randn(8, 3), torch.randn(8))
     >>> sorted(elbo.last_terms["kl"])
     ['weight']
+    >>> elbo.last_plug_in                      # 3 weights: small enough to sample
+    'sample'
 """
+
+import warnings
 
 import torch
 from torch.distributions import kl_divergence
@@ -31,26 +52,70 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, warn_if_nan
 
-from .handlers import PosteriorMean
+from .handlers import PosteriorMean, RelaxedDraws
 
-PLUG_INS = ("mean", "sample")
+PLUG_INS = ("auto", "mean", "sample")
+
+#: ``plug_in="auto"`` samples up to this many compressed weights and uses the
+#: posterior mean above it (memory and gradient noise of the sampled data term
+#: grow with the number of weights; a CNN of ~0.5M weights is compressed with
+#: the mean plug-in).
+AUTO_SAMPLE_MAX_WEIGHTS = 100_000
+
+
+class MeanPlugInWarning(UserWarning):
+    """Predictive uncertainty asked of a posterior fitted with the posterior-mean plug-in."""
+
+
+MEAN_PLUG_IN_MESSAGE = (
+    "this guide was fitted with the posterior-mean plug-in (SQSELBO(plug_in='mean')): its data term saw only "
+    "gamma * sum_k phi_k mu_k, never the spread of q, so the component scales and gates carry the prior's spread "
+    "and predictive intervals from it are not calibrated (typically far too wide). For predictive uncertainty, "
+    "refit with SQSELBO(plug_in='sample') (affordable up to ~1e5 compressed weights)."
+)
+
+
+def warn_if_mean_plug_in(guide, stacklevel=3):
+    """Warn (:class:`MeanPlugInWarning`) when ``guide`` was last trained with the mean plug-in."""
+    if getattr(guide, "fit_plug_in", None) == "mean":
+        warnings.warn(MEAN_PLUG_IN_MESSAGE, MeanPlugInWarning, stacklevel=stacklevel)
+
+
+def num_compressed_weights(model, guide=None):
+    """The number of compressed weights of an SQS model (via ``model.sites`` or ``guide.model.sites``), or None."""
+    for obj in (model, poutine.unwrap(guide) if guide is not None else None):
+        sites = getattr(obj, "sites", None) or getattr(getattr(obj, "model", None), "sites", None)
+        if sites:
+            return sum(site.anchor.numel() for site in sites.values())
+    return None
 
 
 class SQSELBO(TraceMeanField_ELBO):
     """
     :class:`~pyro.infer.TraceMeanField_ELBO` with the SQS conventions.
 
-    :param str plug_in: ``"mean"`` (default) evaluates the likelihood at the
-        posterior-mean weights; ``"sample"`` at (relaxed) samples from the guide.
+    :param str plug_in: the estimator of the data term (module docstring):
+        ``"auto"`` (default: ``"sample"`` up to :data:`AUTO_SAMPLE_MAX_WEIGHTS`
+        compressed weights, else ``"mean"``), ``"sample"`` (the likelihood at
+        relaxed draws from the guide: a Monte Carlo ELBO) or ``"mean"`` (the
+        likelihood at the posterior-mean weights: the paper's cheap surrogate,
+        not an ELBO estimate).
     :param float kl_weight: ``beta`` multiplying the KL (1 = the proper ELBO).
     :param int num_particles: particles (only useful with ``plug_in="sample"``).
+    :param int auto_max_weights: the threshold of ``plug_in="auto"``.
 
     After each evaluation, :attr:`last_terms` holds the loss breakdown:
-    ``{"data": E log p(D|theta), "kl": {site: KL}, "kl_total": ..., "elbo": ...}``
-    (floats, averaged over particles; KL before ``kl_weight``).
+    ``{"data": ..., "kl": {site: KL}, "kl_total": ..., "elbo": ..., "plug_in": ...}``
+    (floats, averaged over particles; KL before ``kl_weight``). ``data`` is
+    ``log p(D | theta)`` at the draws (an estimate of ``E_q log p(D | theta)``)
+    under ``"sample"`` and ``log p(D | theta_bar)`` under ``"mean"``;
+    :attr:`last_plug_in` says which. An evaluation with gradients enabled also
+    records the plug-in on the guide (``guide.fit_plug_in``), which the
+    predictive helpers read to warn about a mean-plug-in fit.
     """
 
-    def __init__(self, num_particles=1, *, plug_in="mean", kl_weight=1.0, **kwargs):
+    def __init__(self, num_particles=1, *, plug_in="auto", kl_weight=1.0, auto_max_weights=AUTO_SAMPLE_MAX_WEIGHTS,
+                 **kwargs):
         if plug_in not in PLUG_INS:
             raise ValueError(f"plug_in must be one of {PLUG_INS}, got {plug_in!r}")
         if kl_weight < 0:
@@ -58,8 +123,17 @@ class SQSELBO(TraceMeanField_ELBO):
         super().__init__(num_particles=num_particles, **kwargs)
         self.plug_in = plug_in
         self.kl_weight = float(kl_weight)
+        self.auto_max_weights = int(auto_max_weights)
+        self.last_plug_in = None
         self._particle_terms = []
         self._last_particle_terms = []
+
+    def resolve_plug_in(self, model, guide):
+        """The plug-in used for ``model`` and ``guide``: ``"mean"`` or ``"sample"`` (resolves ``"auto"``)."""
+        if self.plug_in != "auto":
+            return self.plug_in
+        n = num_compressed_weights(model, guide)
+        return "sample" if n is None or n <= self.auto_max_weights else "mean"
 
     def _get_traces(self, model, guide, args, kwargs):
         self._particle_terms = []
@@ -67,10 +141,13 @@ class SQSELBO(TraceMeanField_ELBO):
         self._summarize_terms()
 
     def _get_trace(self, model, guide, args, kwargs):
-        if self.plug_in == "mean":
-            with PosteriorMean():
-                model_trace, guide_trace = self._importance_trace(model, guide, args, kwargs)
-        else:
+        plug_in = self.resolve_plug_in(model, guide)
+        self.last_plug_in = plug_in
+        if torch.is_grad_enabled():
+            unwrapped = poutine.unwrap(guide)
+            if hasattr(unwrapped, "fit_plug_in"):
+                unwrapped.fit_plug_in = plug_in
+        with PosteriorMean() if plug_in == "mean" else RelaxedDraws():
             model_trace, guide_trace = self._importance_trace(model, guide, args, kwargs)
         if is_validation_enabled():
             _check_mean_field_requirement(model_trace, guide_trace)
@@ -135,4 +212,5 @@ class SQSELBO(TraceMeanField_ELBO):
         data = sum(torch_item(t["data"]) for t in terms) / n
         kl = {k: sum(torch_item(t["kl"][k]) for t in terms) / n for k in terms[0]["kl"]}
         kl_total = sum(kl.values())
-        return {"data": data, "kl": kl, "kl_total": kl_total, "elbo": data - self.kl_weight * kl_total}
+        return {"data": data, "kl": kl, "kl_total": kl_total, "elbo": data - self.kl_weight * kl_total,
+                "plug_in": self.last_plug_in}

@@ -46,7 +46,7 @@ def train_dgms(net, prior, train, *, sparsity, epochs, lr, batch_size, seed=0, d
     n = len(train)
     model = SQSModel(net, prior, Categorical(), num_data=n)
     guide = DGMSGuide(model, init_sparsity=sparsity).to(device)
-    elbo = SQSELBO(kl_weight=0.0)
+    elbo = SQSELBO(plug_in="mean", kl_weight=0.0)  # the DGMS soft weights: the posterior mean
     params = list(guide.parameters()) + [p for _, p in model.point_parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     x_all, y_all = train.tensors

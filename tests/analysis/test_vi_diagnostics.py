@@ -50,7 +50,7 @@ def test_prior_sensitivity(tiny):
     tree = to_datatree(model, guide, num_draws=80, weights_per_layer=16, data=(x, y), seed=2)
     s = prior_sensitivity(model, guide, tree=tree, alphas=(0.8, 1.25))
     assert s.alphas == [0.8, 1.0, 1.25]
-    np.testing.assert_allclose(s.summaries[1.0]["sparsity"]["0.weight"], tree["posterior"]["sparsity"].values[:, 0].mean())
+    np.testing.assert_allclose(s.summaries[1.0]["sparsity"]["0.weight"], tree["posterior"]["sparsity"].values[0][:, 0].mean())
     for a in (0.8, 1.25):
         assert math.isfinite(s.khat[a]) and 1.0 <= s.ess[a] <= 80 + 1e-6
         for summary in ("sparsity", "bits", "weight_rms"):

@@ -43,7 +43,7 @@ def test_zero_component_is_pinned_and_training_keeps_it_there():
     guide = DGMSGuide(model, init_sparsity=0.5)
     names = [n for n, _ in guide.named_parameters()]
     assert not any(n.endswith("zero") for n in names)
-    elbo = SQSELBO(kl_weight=0.0)
+    elbo = SQSELBO(plug_in="mean", kl_weight=0.0)
     opt = torch.optim.Adam(list(guide.parameters()) + [p for _, p in model.point_parameters()], lr=1e-2)
     x, y = _data()
     losses = []

@@ -148,7 +148,7 @@ def _model_and_guide(settings, seed=0):
 
 def _loss_and_grads(model, guide, x, y, fused):
     guide.fused = fused
-    elbo = SQSELBO()
+    elbo = SQSELBO(plug_in="mean")
     params = [p for _, p in guide.named_parameters()] + [p for _, p in model.point_parameters()]
     loss = elbo.differentiable_loss(model, guide, x, y)
     return loss, torch.autograd.grad(loss, params), elbo.last_terms
