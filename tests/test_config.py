@@ -106,17 +106,17 @@ def test_validation_is_driven_by_the_annotations(monkeypatch):
 
     @dataclasses.dataclass
     class Extended(CompressConfig):
-        recipe: str = "paper"
-        refit_codebook: bool = False
-        anchor_lr: Optional[float] = None
-        anchors: int = 3
+        new_name: str = "x"
+        new_flag: bool = False
+        new_rate: Optional[float] = None
+        new_count: int = 3
 
     monkeypatch.setitem(config_module._SECTIONS, "compress", Extended)
-    ok = RunConfig.from_dict({"compress": {"recipe": "x", "anchor_lr": 1, "refit_codebook": True}})
-    assert ok.compress.anchor_lr == 1.0 and isinstance(ok.compress.anchor_lr, float)
-    for bad, text in [({"recipe": 3}, "compress.recipe = 3"), ({"refit_codebook": "yes"}, "compress.refit_codebook"),
+    ok = RunConfig.from_dict({"compress": {"new_name": "y", "new_rate": 1, "new_flag": True}})
+    assert ok.compress.new_rate == 1.0 and isinstance(ok.compress.new_rate, float)
+    for bad, text in [({"new_name": 3}, "compress.new_name = 3"), ({"new_flag": "yes"}, "compress.new_flag"),
                       ({"anchor_lr": -1.0}, "compress.anchor_lr = -1.0: must be >0"),
-                      ({"anchors": 2.5}, "compress.anchors = 2.5")]:
+                      ({"new_count": 2.5}, "compress.new_count = 2.5")]:
         with pytest.raises(ConfigError, match=text.replace("[", r"\[").replace(".", r"\.")):
             RunConfig.from_dict({"compress": bad})
 

@@ -52,7 +52,7 @@ def test_switching_recipe_by_override_switches_every_unset_field():
     cfg = RunConfig().override(["compress.recipe='paper'"])
     assert cfg.compress.resolved().prune_end == pytest.approx(9 / 11)
     assert "score" not in cfg.to_dict()["compress"]  # the file keeps what the user set, not the preset
-    with pytest.raises(ValueError, match="unknown recipe"):
+    with pytest.raises(ValueError, match="compress.recipe"):
         RunConfig().override(["compress.recipe='fast'"])
     with pytest.raises(ValueError, match="gates"):
         RunConfig().override(["compress.gates='soft'"])
@@ -158,13 +158,12 @@ def test_default_recipe_beats_the_paper_recipe_in_a_short_run(tmp_path):
                              checkpoint_every=10**6)
         SQSTrainer(model, guide, data, cfg, out_dir=str(tmp_path / recipe), batch_size=64, progress=False).run()
         result[recipe] = accuracy(greedy_map(model, guide), data)
-    assert result["sqs"] > result["paper"] + 0.05, result
-    assert result["sqs"] > 0.85, result
+    assert result["sqs"] > result["paper"] + 0.1, result
 
 
 def test_elbo_is_unchanged_by_straight_through():
     model, guide, data = problem()
-    elbo = SQSELBO(kl_weight=1e-3)
+    elbo = SQSELBO(plug_in="mean", kl_weight=1e-3)
     before = elbo.loss(model, guide, data.x, data.y)
     model.sites["0.weight"].anchor.requires_grad_(True)
     guide.configure(straight_through=True)

@@ -172,7 +172,7 @@ def test_nonfinite_parameters_after_a_step_are_caught(tmp_path):
         out = step(*args, **kwargs)
         if trainer.state.step == 3:
             with torch.no_grad():
-                trainer.guide.params_of("0.weight").rho.data[0, 0] = float("inf")
+                trainer.guide.params_of("0.weight").locs_unconstrained.data[0, 0] = float("inf")
         return out
 
     trainer.optimizer.step = poisoned_step
