@@ -57,13 +57,14 @@ def variants():
         extra = {key: value, "prune_start": 0.0} if key == "prune_end" else {key: value}
         out[f"paper+{key}"] = (f"paper + {label}", {"recipe": "paper", **extra})
     cumulative = {"recipe": "paper"}
-    for i, (key, value, label) in enumerate(CHANGES[1:], start=1):
+    for i, (key, value, label) in enumerate(CHANGES[1:-1], start=1):
         cumulative = {**cumulative, CHANGES[i - 1][0]: CHANGES[i - 1][1], key: value}
         if key == "prune_end":
             cumulative["prune_start"] = 0.0
         names = " + ".join(k for k, _, _ in CHANGES[: i + 1])
         out[f"cumulative:{i + 1}"] = (f"paper + {names}", dict(cumulative))
-    out["sqs"] = ("default recipe (sqs)", {"recipe": "sqs"})
+    # all five changes together are the default recipe (the paper's cosine lr is kept)
+    out["sqs"] = ("paper + all five = default recipe (sqs)", {"recipe": "sqs"})
     return out
 
 
@@ -73,7 +74,7 @@ class Study:
         torch.set_num_threads(args.threads)
         self.device = resolve_device("cpu")
         self.cfg = RunConfig().override([f"model.arch={args.arch}", f"data.dataset={args.dataset}",
-                                         f"model.base_checkpoint={args.base}", "eval.num_samples=4"])
+                                         f"model.base_checkpoint={args.base}", "eval.num_samples=2"])
         self.train, self.test, self.info = load_data(self.cfg)
         if args.train_subset:  # one fixed subset for every seed and method
             g = torch.Generator().manual_seed(0)
@@ -151,11 +152,13 @@ def ablation(study, args):
     points = [(4, 0.9), (8, 0.75)]
     for k, s in points:
         for tag, (label, compress) in variants().items():
-            rows = [study.run(f"ablation/K{k}_s{round(100 * s)}/{tag}/seed{seed}", "sqs", k, s, seed, args.epochs,
-                              compress) for seed in args.seeds]
+            # the default recipe's runs are the grid's (same tag, same cache)
+            where = f"grid/{args.arch}/K{k}_s{round(100 * s)}/sqs" if tag == "sqs" else f"ablation/K{k}_s{round(100 * s)}/{tag}"
+            rows = [study.run(f"{where}/seed{seed}", "sqs", k, s, seed, args.epochs,
+                              None if tag == "sqs" else compress) for seed in args.seeds]
             table[(k, s, tag)] = (label, rows)
-        rows = [study.run(f"ablation/K{k}_s{round(100 * s)}/deep-compression/seed{seed}", "deep-compression", k, s,
-                          seed, args.epochs) for seed in args.seeds]
+        rows = [study.run(f"grid/{args.arch}/K{k}_s{round(100 * s)}/deep-compression/seed{seed}", "deep-compression",
+                          k, s, seed, args.epochs) for seed in args.seeds]
         table[(k, s, "deep-compression")] = ("Deep Compression (reference)", rows)
     lines = [f"# Ablation of the SQS recipe ({args.arch}, Fashion-MNIST)", ""] + header(
         "ablation", args, study.base_acc, len(study.train)) + [
@@ -176,13 +179,15 @@ def ablation(study, args):
 
 def grid(study, args):
     results = []
-    for k in args.K:
-        for s in args.sparsity:
-            for method in args.methods:
-                seeds = args.seeds if method in args.seeded else args.seeds[:1]
-                rows = [study.run(f"grid/{args.arch}/K{k}_s{round(100 * s)}/{method}/seed{seed}", method, k, s, seed,
-                                  args.epochs) for seed in seeds]
-                results.append({"K": k, "target_sparsity": s, "method": method, "rows": rows})
+    points = [(k, s) for k in args.K for s in args.sparsity]
+    points += [tuple(float(v) for v in e.split(":")) for e in args.extra]
+    for k, s in points:
+        k = int(k)
+        for method in args.methods:
+            seeds = args.seeds if method in args.seeded else args.seeds[:1]
+            rows = [study.run(f"grid/{args.arch}/K{k}_s{round(100 * s)}/{method}/seed{seed}", method, k, s, seed,
+                              args.epochs) for seed in seeds]
+            results.append({"K": k, "target_sparsity": s, "method": method, "rows": rows})
     lines = [f"# SQS against the baselines: {args.arch} on Fashion-MNIST, K x target sparsity", ""] + header(
         "grid", args, study.base_acc, len(study.train)) + [
         f"Budget: {args.epochs:g} epoch(s) for every method (Deep Compression: fine-tune and centroid phases "
@@ -228,7 +233,7 @@ def verdicts(results, base_acc, max_drop=0.005):
         diff = sqs_m - b_m
         sd = max(sqs_sd, b_sd)
         verdict = "win" if diff > sd else ("loss" if diff < -sd else "tie (within one sd)")
-        out.append(f"| {k} | {100 * s:.0f}% | {100 * sqs_m:.2f} | {here[best][0]['label'] if False else others[best][0]['label']} "
+        out.append(f"| {k} | {100 * s:.0f}% | {100 * sqs_m:.2f} | {others[best][0]['label']} "
                    f"{100 * b_m:.2f} | {100 * diff:+.2f} | {verdict} |")
     out += ["", f"Largest honest CR at a drop of at most {100 * max_drop:.1f} points (mean over seeds):", ""]
     for method, (cr, (k, s)) in sorted(best_cr.items(), key=lambda kv: -kv[1][0]):
@@ -247,8 +252,9 @@ def budget(study, args):
     results = []
     for epochs in args.budgets:
         for method in ("sqs", "deep-compression"):
-            rows = [study.run(f"budget/K{k}_s{round(100 * s)}/{method}/e{epochs:g}/seed{seed}", method, k, s, seed,
-                              epochs) for seed in args.seeds]
+            tag = (f"grid/{args.arch}/K{k}_s{round(100 * s)}/{method}" if epochs == args.epochs
+                   else f"budget/K{k}_s{round(100 * s)}/{method}/e{epochs:g}")
+            rows = [study.run(f"{tag}/seed{seed}", method, k, s, seed, epochs) for seed in args.seeds]
             results.append({"epochs": epochs, "method": method, "rows": rows})
     lines = [f"# Budget curve: accuracy against passes over the data, K = {k}, {100 * s:.0f}% ({args.arch})", ""] + header(
         "budget", args, study.base_acc, len(study.train)) + ["",
@@ -273,6 +279,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("-K", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    p.add_argument("--extra", nargs="*", default=["4:0.95", "4:0.97"], help="more K:sparsity points of the grid")
     p.add_argument("--methods", nargs="+", default=["sqs", "deep-compression", "dgms", "rtn"])
     p.add_argument("--seeded", nargs="+", default=["sqs", "deep-compression"],
                    help="methods run with every seed (the others with the first)")

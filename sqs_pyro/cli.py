@@ -39,6 +39,8 @@ def _common(p):
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--num-components", "-K", type=int, dest="num_components", help="codebook size K of every layer")
     p.add_argument("--sparsity", type=float, help="target sparsity of the cubic schedule")
+    p.add_argument("--recipe", choices=["sqs", "paper"],
+                   help="training recipe (sqs_pyro.recipes): sqs (default, measured best) or paper (the paper's)")
     p.add_argument("--smoke", action="store_true",
                    help="a small, fast version of the run (for CI); it sets only keys that the --config file "
                    "does not set (flags and --set still override it)")
@@ -116,6 +118,8 @@ def load_config(args):
         overrides.append(f"seed={args.seed}")
     if args.sparsity is not None:
         overrides.append(f"compress.sparsity={args.sparsity}")
+    if args.recipe:
+        overrides.append(f'compress.recipe="{args.recipe}"')
     cfg = cfg.override(overrides)
     if args.smoke:
         cfg = smoke_config(cfg, keep=_file_keys(path) if path else ())

@@ -68,3 +68,8 @@ def test_smoke_main_job_end_to_end(tmp_path, capsys, monkeypatch):
         assert f["bytes"] == (out / f["path"].rsplit("/", 1)[-1]).stat().st_size
     assert (out / "config.toml").exists() and (out / "log.jsonl").exists()
     assert list((tmp_path / "benchmarks" / "results").glob("baselines_*.md"))
+
+
+def test_recipe_flag_selects_the_preset():
+    assert _cfg(["compress", "--recipe", "paper"]).compress.resolved().score == "rho"
+    assert _cfg(["compress"]).compress.resolved().score == "anchor"
