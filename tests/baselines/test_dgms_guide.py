@@ -106,3 +106,23 @@ def test_windows_give_one_codebook_per_group():
 def test_bad_sparsity():
     with pytest.raises(ValueError, match="init_sparsity"):
         DGMSGuide(_model(), init_sparsity=1.0)
+
+
+def test_export_at_the_target_sparsity_after_training_moved_the_argmax():
+    """Issue 11: DGMS's argmax sparsity drifts in training; the export at a target hits it exactly."""
+    pyro.settings.set(module_local_params=True)
+    model = _model()
+    guide = DGMSGuide(model, init_sparsity=0.5)
+    for name in model.sites:  # move the mixture: the zero component now wins fewer weights
+        guide.params_of(name).logits_unconstrained.data[:, 0] -= 30.0
+    total = sum(s.anchor.numel() for s in model.sites.values())
+    drifted = guide.hard_assignment()
+    assert sum(int((~ct.mask).sum()) for ct in drifted.values()) < 0.45 * total
+    exact = guide.hard_assignment(sparsity=0.5)
+    assert sum(int((~ct.mask).sum()) for ct in exact.values()) == int(0.5 * total)
+    scores = guide.zero_scores()
+    pruned = torch.cat([scores[n][~exact[n].mask.to(scores[n].device)] for n in model.sites])
+    kept = torch.cat([scores[n][exact[n].mask.to(scores[n].device)] for n in model.sites])
+    assert pruned.min() >= kept.max()  # the most zero-like weights are the pruned ones
+    for name, ct in exact.items():  # survivors keep a nonzero codebook value
+        assert bool((ct.to_dense()[ct.mask] != 0).all())
