@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow data venv clean
+.PHONY: demo test test-slow study data venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo: $(STAMP) data
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q -x --durations=15
+
+# The recipe study of the README (grid with seeds, budget curve, ablation; about an hour on 2 cores)
+study: $(STAMP) data
+	test -f runs/base/base.pt || $(BIN)/sqs-pyro train-base --out runs/base --no-progress
+	$(BIN)/python benchmarks/recipe_study.py grid --train-subset 12000 --seeded sqs deep-compression dgms
+	$(BIN)/python benchmarks/recipe_study.py budget --train-subset 12000
+	$(BIN)/python benchmarks/recipe_study.py ablation --train-subset 12000
 
 test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow

@@ -142,6 +142,9 @@ class SQSTrainer:
         self.anchors = [site.anchor for site in model.sites.values()] if straight_through else []
         for anchor in self.anchors:
             anchor.requires_grad_(True)
+        for name, param in guide.named_parameters():  # hard gates: rho is not trained (nor seen by DDP)
+            if name.endswith("rho_unconstrained") or name.endswith(".rho"):
+                param.requires_grad_(cfg.gates == "learned")
         self._order = (None, None)  # (epoch, its order), computed once per epoch
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
