@@ -87,6 +87,15 @@ def cli(argv):
         torch.set_num_threads(threads)
 
 
+def finished_run(root):
+    """A tiny run compressed and exported under ``root/run`` (config in ``root/tiny.toml``); returns its path."""
+    run = os.path.join(root, "run")
+    cfg = write_config(root)
+    assert cli(["compress", "--config", cfg, "--out", run]) == 0
+    assert cli(["export", "--out", run]) == 0
+    return run
+
+
 def tensors_of(path):
     """Every tensor of a checkpoint, flattened: ``{"guide/...": tensor}`` (for bit-for-bit comparisons)."""
     from sqs_pyro.checkpoint import load_checkpoint

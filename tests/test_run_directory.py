@@ -6,6 +6,7 @@ config fails naming the keys; read-only commands write nothing; another run's fi
 
 import json
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -17,17 +18,12 @@ import pytest
 from sqs_pyro.errors import RunDirBusyError, RunMismatchError
 from sqs_pyro.lock import LOCK_NAME, RunDirLock
 
-from ._tiny_run import cli, write_config
+from ._tiny_run import cli, finished_run, write_config
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    cfg = write_config(root)
-    run = root / "run"
-    assert cli(["compress", "--config", cfg, "--out", str(run)]) == 0
-    assert cli(["export", "--out", str(run)]) == 0
-    return run
+    return pathlib.Path(finished_run(tmp_path_factory.mktemp("finished")))
 
 
 def _copy(run, tmp_path, name="run"):

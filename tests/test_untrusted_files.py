@@ -5,6 +5,7 @@ marker must never appear.
 """
 
 import os
+import pathlib
 import pickle
 import shutil
 
@@ -13,7 +14,7 @@ import torch
 
 from sqs_pyro.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-from ._tiny_run import cli, write_config
+from ._tiny_run import cli, finished_run
 
 
 class Evil:
@@ -37,12 +38,7 @@ def write_evil(path, marker, kind):
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     """A finished tiny run: base.pt, checkpoint.pt, log, compressed.safetensors, config.toml."""
-    root = tmp_path_factory.mktemp("good")
-    cfg = write_config(root)
-    run = root / "run"
-    assert cli(["compress", "--config", cfg, "--out", str(run)]) == 0
-    assert cli(["export", "--out", str(run)]) == 0
-    return run
+    return pathlib.Path(finished_run(tmp_path_factory.mktemp("good")))
 
 
 # (command line with RUN for the run directory and EVIL for the crafted file, file replaced in the run)
