@@ -29,33 +29,81 @@ SUBCOMMANDS = ("run", "train-base", "compress", "evaluate", "export", "baselines
 PLUGINS = ("sqs_pyro.analysis.cli", "sqs_pyro.analysis.consistency_cli")
 
 
-def _common(p):
-    p.add_argument("--config", help="TOML run configuration (prior spec included)")
-    p.add_argument("--out", help="run directory (default: runs/default, or runs/smoke with --smoke)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set compress.sparsity=0.75 (repeatable)")
-    p.add_argument("--model", help="architecture: small-cnn (default), resnet18, resnet50")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--num-components", "-K", type=int, dest="num_components", help="codebook size K of every layer")
-    p.add_argument("--sparsity", type=float, help="target sparsity of the cubic schedule")
-    p.add_argument("--recipe", choices=["sqs", "paper"],
-                   help="training recipe (sqs_pyro.recipes): sqs (default, measured best) or paper (the paper's)")
-    p.add_argument("--smoke", action="store_true",
-                   help="a small, fast version of the run (for CI); it sets only keys that the --config file "
-                   "does not set (flags and --set still override it)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (config: --config, else the run "
-                   "directory's config.toml; a change to a key of the run's identity is an error)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-baselines", action="store_true", help="the main job without the baselines")
+#: Prefix of the run flags' destinations on the root parser (given before the subcommand).
+_BEFORE = "before_"
+
+
+def _common(p, before=False):
+    """Add the run flags to ``p``. The root parser (``before``) keeps them under other names, and a subcommand
+    leaves a flag it was not given absent, so that ``sqs-pyro --smoke compress`` = ``sqs-pyro compress --smoke``
+    (see :func:`_merge_run_flags`)."""
+    def add(*flags, **kw):
+        if before:
+            name = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
+            kw["dest"] = _BEFORE + name
+            if kw.get("action") is None and "choices" not in kw:
+                kw.setdefault("metavar", name.upper())
+        else:
+            kw["default"] = argparse.SUPPRESS
+        p.add_argument(*flags, **kw)
+
+    add("--config", help="TOML run configuration (prior spec included)")
+    add("--out", help="run directory (default: runs/default, or runs/smoke with --smoke)")
+    add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set compress.sparsity=0.75 (repeatable)")
+    add("--model", help="architecture: small-cnn (default), resnet18, resnet50")
+    add("--device", choices=["auto", "cpu", "cuda"], help="device (default auto)")
+    add("--seed", type=int, help="random seed")
+    add("--num-components", "-K", type=int, dest="num_components", help="codebook size K of every layer")
+    add("--sparsity", type=float, help="target sparsity of the cubic schedule")
+    add("--recipe", choices=["sqs", "paper"],
+        help="training recipe (sqs_pyro.recipes): sqs (default, measured best) or paper (the paper's)")
+    add("--smoke", action="store_true",
+        help="a small, fast version of the run (for CI); it sets only keys that the --config file "
+        "does not set (flags and --set still override it)")
+    add("--resume", action="store_true",
+        help="continue the run in --out from its last checkpoint (config: --config, else the run "
+        "directory's config.toml; a change to a key of the run's identity is an error)")
+    add("--debug", action="store_true", help="show the traceback of an error")
+    add("--no-progress", action="store_true", help="no progress bars")
+    add("--threads", type=int, help="torch CPU threads")
+    add("--no-baselines", action="store_true", help="the main job without the baselines")
+
+
+class _Parser(argparse.ArgumentParser):
+    """The root parser: run flags count the same before and after the subcommand."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extra = super().parse_known_args(args, namespace)
+        return _merge_run_flags(self, ns), extra
+
+
+def _merge_run_flags(parser, ns):
+    before = {k[len(_BEFORE):]: v for k, v in vars(ns).items() if k.startswith(_BEFORE)}
+    for k in before:
+        delattr(ns, _BEFORE + k)
+    plugin = ns.command is not None and ns.command not in SUBCOMMANDS
+    if plugin:  # report / plot / consistency have flags of their own, some with the same names
+        given = [k for k, v in before.items() if v not in (None, False, []) and k != "debug"]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} given before '{ns.command}': this command's flags go "
+                         f"after it (sqs-pyro {ns.command} --help lists them)")
+        ns.debug = getattr(ns, "debug", False) or before["debug"]
+        return ns
+    for k, v in before.items():
+        if k == "set":  # --set before and after the subcommand: both, in order
+            ns.set = v + getattr(ns, "set", [])
+        elif not hasattr(ns, k):
+            setattr(ns, k, v)
+        elif v not in (None, False) and getattr(ns, k) != v:
+            parser.error(f"--{k.replace('_', '-')} given twice, before and after the subcommand, with different "
+                         "values: give it once")
+    return ns
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="sqs-pyro", description="Bayesian compression of deep networks (SQS) in Pyro")
-    sub = parser.add_subparsers(dest="command")
+    parser = _Parser(prog="sqs-pyro", description="Bayesian compression of deep networks (SQS) in Pyro")
+    sub = parser.add_subparsers(dest="command", parser_class=argparse.ArgumentParser)
     helps = {
         "run": "the main job: base model, SQS, evaluation, export, baselines, table (the default)",
         "train-base": "train (or load) the base network",
@@ -71,7 +119,7 @@ def build_parser():
     for name, p in sub.choices.items():
         if name not in SUBCOMMANDS:
             p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    _common(parser)
+    _common(parser, before=True)
     parser.epilog = "exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
     for p in sub.choices.values():
         p.epilog = parser.epilog

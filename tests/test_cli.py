@@ -73,3 +73,34 @@ def test_smoke_main_job_end_to_end(tmp_path, capsys, monkeypatch):
 def test_recipe_flag_selects_the_preset():
     assert _cfg(["compress", "--recipe", "paper"]).compress.resolved().score == "rho"
     assert _cfg(["compress"]).compress.resolved().score == "anchor"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--smoke", "--out", "runs/x", "compress", "-K", "8"],
+    ["compress", "--smoke", "--out", "runs/x", "-K", "8"],
+    ["--smoke", "compress", "--out", "runs/x", "-K", "8"],
+])
+def test_run_flags_count_the_same_before_and_after_the_subcommand(argv):
+    args = build_parser().parse_args(argv)
+    assert args.command == "compress" and args.smoke and args.out == "runs/x" and args.num_components == 8
+    assert _cfg(argv).out_dir == "runs/x"
+
+
+def test_set_before_and_after_the_subcommand_are_both_applied_in_order():
+    cfg = _cfg(["--set", "compress.lr=0.01", "--set", "compress.sparsity=0.6", "compress",
+                "--set", "compress.sparsity=0.7"])
+    assert cfg.compress.lr == 0.01 and cfg.compress.sparsity == 0.7
+
+
+def test_a_run_flag_twice_with_different_values_is_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--out", "a", "compress", "--out", "b"])
+    assert e.value.code == 2 and "--out given twice" in capsys.readouterr().err
+
+
+def test_run_flags_before_a_command_with_its_own_flags_are_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--out", "x.html", "report", "runs/default"])
+    assert e.value.code == 2 and "--out given before 'report'" in capsys.readouterr().err
+    args = build_parser().parse_args(["--debug", "report", "runs/default", "--out", "x.html"])
+    assert args.debug and args.out == "x.html"
