@@ -480,7 +480,7 @@ def codebook_recovery(levels, values):
 
         >>> r = codebook_recovery([-1.0, -0.5, 0.5, 1.0], [-2.0, -1.0, 1.0, 2.0])
         >>> round(r["scale"], 2), round(r["error"], 3), r["raw"]
-        (0.5, 0.0, 1.0)
+        (0.5, 0.0, 0.5)
     """
     levels, values = np.asarray(levels, float), np.asarray(values, float)
     if levels.size == 0 or values.size == 0:

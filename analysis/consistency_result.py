@@ -20,7 +20,7 @@ count them (``converged k/S``) and list them.
 Example::
 
     >>> [round(v, 2) for v in mean_band([0.01, 0.02, 0.04])]   # geometric mean, 95% band
-    [0.02, 0.004, 0.1]
+    [0.02, 0.0, 0.11]
     >>> t_quantile(3)
     3.182
 """
@@ -71,8 +71,8 @@ def mean_band(values, log=True):
 
     Example::
 
-        >>> [round(v, 3) for v in mean_band([1.0, 4.0])]
-        [2.0, 0.0, 3162.278]
+        >>> [round(v, 2) for v in mean_band([1.0, 4.0], log=False)]   # arithmetic mean
+        [2.5, -16.56, 21.56]
     """
     v = np.asarray([x for x in values if x is not None and math.isfinite(x) and (x > 0 or not log)], float)
     if v.size == 0:
