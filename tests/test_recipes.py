@@ -83,6 +83,24 @@ def test_without_straight_through_one_hot_anchors_get_no_gradient():
     assert (site.anchor.grad != 0).float().mean() < 0.05  # only weights on component boundaries
 
 
+def test_straight_through_reaches_the_anchors_through_relaxed_draws_too():
+    # The sampled plug-in: same draw as without straight-through, gradient = the drawn gate.
+    model, guide, data = problem()
+    site = model.sites["0.weight"]
+    site.anchor.requires_grad_(True)
+    with torch.random.fork_rng():
+        plain = guide.posterior("0.weight").rsample().detach()
+    guide.configure(straight_through=True)
+    q = guide.posterior("0.weight").base_dist
+    with torch.random.fork_rng():
+        draw = q.rsample()
+    with torch.random.fork_rng():
+        gate, _ = q._relaxed_parts()
+    assert torch.equal(draw.detach(), plain)
+    draw.sum().backward()
+    torch.testing.assert_close(site.anchor.grad, gate.detach())
+
+
 def test_straight_through_needs_the_fused_posterior():
     model, guide, _ = problem()
     guide.configure(straight_through=True)

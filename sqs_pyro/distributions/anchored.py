@@ -84,7 +84,8 @@ class AnchoredSparseGMM(SparseGMM):
     :param bool straight_through: :attr:`mean` keeps its value but its gradient
         reaches ``anchor`` as ``gate_probs`` (a straight-through estimator of the
         ``tau -> 0`` assignment, Bengio et al. 2013), so anchors can move between
-        components. Only :attr:`mean` (the posterior-mean plug-in) is affected.
+        components. :attr:`mean` (the posterior-mean plug-in) and :meth:`rsample`
+        (the sampled plug-in; the gradient is the drawn gate's) are affected.
     """
 
     arg_constraints = {
@@ -197,6 +198,16 @@ class AnchoredSparseGMM(SparseGMM):
         if self.straight_through and self.anchor.requires_grad:
             mean = mean + self.gate_probs * (self.anchor - self.anchor.detach())
         return mean
+
+    def rsample(self, sample_shape=torch.Size()):
+        """
+        The relaxed draw of :meth:`SparseGMM.rsample`; with ``straight_through``
+        its gradient also reaches ``anchor``, as the drawn gate (the value is unchanged).
+        """
+        gate, slab = self._relaxed_parts(sample_shape)
+        if self.straight_through and self.anchor.requires_grad:
+            slab = slab + (self.anchor - self.anchor.detach())
+        return gate * slab
 
     @property
     def variance(self):

@@ -180,6 +180,11 @@ class SparseGMM(TorchDistribution):
         A relaxed (concrete) draw, differentiable in every parameter; **not** a
         sample from this distribution (see the class docstring).
         """
+        gate, slab = self._relaxed_parts(sample_shape)
+        return gate * slab
+
+    def _relaxed_parts(self, sample_shape=torch.Size()):
+        # (relaxed gate, relaxed slab draw): rsample() is their product.
         shape = self._extended_shape(sample_shape)
         probs = self.component_probs
         temperature = torch.as_tensor(
@@ -197,7 +202,7 @@ class SparseGMM(TorchDistribution):
             shape + (self.num_components,), dtype=probs.dtype, device=probs.device
         )
         draws = self.locs + self.scales * noise
-        return gate * (weights * draws).sum(-1)
+        return gate, (weights * draws).sum(-1)
 
     @property
     def mean(self):
