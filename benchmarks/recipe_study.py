@@ -226,7 +226,8 @@ def verdicts(results, base_acc, max_drop=0.005):
             m = mean_sd([x["accuracy"] for x in rows])[0]
             if base_acc - m <= max_drop:
                 cr = mean_sd([x["honest_cr"] for x in rows])[0]
-                best_cr[method] = max(best_cr.get(method, (0, None))[0], cr), (k, s)
+                if cr > best_cr.get(method, (0.0, None))[0]:
+                    best_cr[method] = cr, (k, s)
         if "sqs" not in here:
             continue
         others = {m: rows for m, rows in here.items() if m != "sqs"}

@@ -55,3 +55,12 @@ def test_verdict_counts_a_deficit_beyond_one_sd_as_a_loss(study):
     assert "| 4 | 90% |" in text and "loss" in text.split("| 4 | 90% |")[1].split("\n")[0]
     assert "tie" in text.split("| 8 | 50% |")[1].split("\n")[0]
     assert "- sqs: 20.00×" in text  # only the K = 8 point is within 0.5 points of the base
+
+
+def test_the_best_compression_names_the_point_it_came_from(study):
+    results = [  # the larger CR comes first: a later, smaller one must not relabel it
+        {"K": 8, "target_sparsity": 0.75, "method": "deep-compression", "rows": _rows("deep-compression", [0.915], 20.0)},
+        {"K": 16, "target_sparsity": 0.5, "method": "deep-compression", "rows": _rows("deep-compression", [0.916], 10.0)},
+    ]
+    text = "\n".join(study.verdicts(results, base_acc=0.918))
+    assert "- deep-compression: 20.00× (K = 8, 75%)" in text
