@@ -23,8 +23,11 @@ k-means codebooks of random weights, as of trained ones).
 
 Rounds alternate the order of the variants. The time ratio is the median over
 rounds of (SQS median step / plain median step of the same round), so the
-drift of a shared machine's load cancels; the memory ratio is the ratio of the
-median peaks. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the
+drift of a shared machine's load cancels; the CPU-time ratio is the same with
+the process's CPU time (``time.process_time``), which on an overloaded machine
+(more runnable threads than cores) says more about the work done than the
+wall clock, whose every parallel region waits for a descheduled thread; the
+memory ratio is the ratio of the median peaks. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the
 CPU the peak resident set size during the timed steps (``VmHWM`` reset after
 the warm-up) minus the resident size after imports, i.e. everything the run
 holds: weights, variational parameters, optimizer states, activations.
@@ -240,9 +243,9 @@ def worker(args):
             out["peak_reset"] = trim_and_reset_peak()
             out["rss_before_steps_bytes"] = (status_kib("VmRSS") - baseline_kib) * 1024
         profiler = cProfile.Profile() if args.profile and args.variant != "plain" else None
-        times = []
+        times, cpu = [], []
         for _ in range(args.steps):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
             loss = step()
@@ -251,7 +254,8 @@ def worker(args):
             if profiler:
                 profiler.disable()
             times.append(time.perf_counter() - started)
-        out["step_s"] = times
+            cpu.append(time.process_time() - cpu_started)
+        out["step_s"], out["cpu_s"] = times, cpu
         out["loss"] = float(loss)
         if cuda:
             out["peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -311,6 +315,9 @@ def summarize(runs):
                   for r in by_variant["sqs"] if "error" not in r and r["round"] in plain_by_round]
         sqs["time_ratios_per_round"] = paired
         sqs["time_ratio"] = statistics.median(paired)
+        cpu = [statistics.median(r["cpu_s"]) / statistics.median(plain_by_round[r["round"]]["cpu_s"])
+               for r in by_variant["sqs"] if "error" not in r and r["round"] in plain_by_round]
+        sqs["cpu_ratio"] = statistics.median(cpu)
         sqs["time_ratio_pooled"] = sqs["step_s_median"] / plain["step_s_median"]
         sqs["memory_ratio"] = sqs["peak_bytes_median"] / plain["peak_bytes_median"]
     return summary
@@ -336,19 +343,20 @@ def markdown(result):
         f"Goals: time ratio <= {GOALS['time_ratio']}, memory ratio <= {GOALS['memory_ratio']}. "
         f"Peak memory: {result['peak_memory_method']}.",
         "",
-        "| model | batch | plain step (s) | SQS step (s) | time ratio | plain peak (MiB) | SQS peak (MiB) | memory ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | batch | plain step (s) | SQS step (s) | time ratio | CPU-time ratio | plain peak (MiB) | SQS peak (MiB) "
+        "| memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, block in result["models"].items():
         p, q = block["summary"].get("plain", {}), block["summary"].get("sqs", {})
         if "error" in p or "error" in q or not p or not q:
             lines.append(f"| {model} | {block.get('batch', '')} | {p.get('error', '')[:60]} | {q.get('error', '')[:60]} "
-                         "| | | | |")
+                         "| | | | | |")
             continue
         mark = lambda key: "" if q[key] <= GOALS[key] else " (missed)"  # noqa: E731
         lines.append(
             f"| {model} | {block.get('batch', '')} | {p['step_s_median']:.3f} | {q['step_s_median']:.3f} | "
-            f"{q['time_ratio']:.2f}x{mark('time_ratio')} | {p['peak_bytes_median'] / 2**20:.0f} | "
+            f"{q['time_ratio']:.2f}x{mark('time_ratio')} | {q['cpu_ratio']:.2f}x | {p['peak_bytes_median'] / 2**20:.0f} | "
             f"{q['peak_bytes_median'] / 2**20:.0f} | {q['memory_ratio']:.2f}x{mark('memory_ratio')} |")
     lines.append("")
     for model, block in result["models"].items():
@@ -416,7 +424,8 @@ def main(argv=None):
         result["models"][model] = block
         sqs = block["summary"].get("sqs", {})
         if "time_ratio" in sqs:
-            print(f"{model}: SQS {sqs['time_ratio']:.2f}x time, {sqs['memory_ratio']:.2f}x peak memory of plain", flush=True)
+            print(f"{model}: SQS {sqs['time_ratio']:.2f}x time ({sqs['cpu_ratio']:.2f}x CPU time), "
+                  f"{sqs['memory_ratio']:.2f}x peak memory of plain", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"train_step_{args.tag or args.device}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

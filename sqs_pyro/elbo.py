@@ -52,6 +52,7 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, warn_if_nan
 
+from .distributions.anchored import summed_kl
 from .handlers import PosteriorMean, RelaxedDraws
 
 PLUG_INS = ("auto", "mean", "sample")
@@ -172,6 +173,11 @@ class SQSELBO(TraceMeanField_ELBO):
 
     def _site_kl(self, model_site, guide_site):
         scale, mask = guide_site["scale"], guide_site["mask"]
+        if mask is None and (not torch.is_tensor(scale) or scale.numel() == 1):
+            # the site's total in one pass, without a KL per weight (anchored.summed_kl)
+            total = summed_kl(guide_site["fn"], model_site["fn"])
+            if total is not None:
+                return total * scale
         try:
             kl = kl_divergence(guide_site["fn"], model_site["fn"])
         except NotImplementedError:

@@ -62,6 +62,15 @@ def _tensors_in(obj):
             yield from _tensors_in(v)
 
 
+def _params_finite(params):
+    """Whether every floating-point tensor of ``params`` is finite: one pass (the max-norm of each, NaN or
+    infinite exactly when the tensor has a NaN or an infinity), no per-element flags."""
+    params = [p.detach() for p in params if p.is_floating_point() and p.numel()]
+    if not params:
+        return True
+    return bool(torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all())
+
+
 def _all_finite(tensors):
     flags = [torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
@@ -342,7 +351,7 @@ class SQSTrainer:
             raise NonFiniteLossError(f"loss is {loss.item()} at step {t}; stopped. " + self._kept_message())
         loss.backward()
         self.optimizer.step()
-        if not _all_finite(p for g in self.optimizer.param_groups for p in g["params"]):
+        if not _params_finite(p for g in self.optimizer.param_groups for p in g["params"]):
             raise NonFiniteLossError(f"parameters became NaN or infinite in the update of step {t} (loss "
                                      f"{loss.item():.4g}); stopped. " + self._kept_message())
         self.state.step = t + 1
