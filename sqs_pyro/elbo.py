@@ -49,6 +49,7 @@ import pyro.poutine as poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, warn_if_nan
 
@@ -161,6 +162,9 @@ class SQSELBO(TraceMeanField_ELBO):
         if isinstance(unwrapped, poutine.messenger.Messenger):
             guide(*args, **kwargs)
             model_trace, guide_trace = unwrapped.get_traces()
+            # the guide would hold this step's sites (weights, posteriors, their caches) until its next call: the
+            # size of the model again, at the next step's peak
+            unwrapped.trace = Trace()
         else:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)

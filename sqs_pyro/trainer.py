@@ -151,9 +151,12 @@ class SQSTrainer:
         self.anchors = [site.anchor for site in model.sites.values()] if straight_through else []
         for anchor in self.anchors:
             anchor.requires_grad_(True)
-        for name, param in guide.named_parameters():  # hard gates: rho is not trained (nor seen by DDP)
+        # rho is trained only by learned gates with a learning rate: hard gates, or a gate_lr of 0 (Adam would
+        # leave rho as it is), need neither its gradient nor Adam's states (16 bytes a weight; nor seen by DDP)
+        self.gates_trained = cfg.gates == "learned" and cfg.gate_lr > 0
+        for name, param in guide.named_parameters():
             if name.endswith("rho_unconstrained") or name.endswith(".rho"):
-                param.requires_grad_(cfg.gates == "learned")
+                param.requires_grad_(self.gates_trained)
         self._order = (None, None)  # (epoch, its order), computed once per epoch
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
@@ -184,7 +187,7 @@ class SQSTrainer:
         anchors = {id(a) for a in self.anchors}
         others += [p for _, p in self.model.point_parameters() if id(p) not in anchors]
         groups = [{"params": others, "lr": self.cfg.lr}]
-        if gates and self.cfg.gates == "learned":
+        if gates and self.gates_trained:
             groups.append({"params": gates, "lr": self.cfg.gate_lr})
         if self.anchors:
             groups.append({"params": self.anchors, "lr": self.cfg.anchor_lr})
