@@ -50,7 +50,6 @@ def worker(args):
     from transformers import LlamaForCausalLM
 
     from sqs_pyro.config import CompressConfig
-    from sqs_pyro.data.tokenized import TokenWindows  # noqa: F401
     from sqs_pyro.guides import SQSGuide
     from sqs_pyro.models import CausalLM, SQSModel
     from sqs_pyro.models.transformers import causal_lm_forward, default_prior_spec

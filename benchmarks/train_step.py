@@ -360,7 +360,7 @@ def markdown(result):
             f"{q['peak_bytes_median'] / 2**20:.0f} | {q['memory_ratio']:.2f}x{mark('memory_ratio')} |")
     lines.append("")
     for model, block in result["models"].items():
-        lines.append(f"- {model}: {block.get('what', '')}; {block.get('parameters', '?'):,} parameters, "
+        lines.append(f"- {model}: {block.get('what', '')}; {block.get('parameters', 0):,} parameters, "
                      f"{block.get('compressed_weights', 0):,} compressed weights in {block.get('sites', '?')} sites; "
                      f"guide initialization {block.get('guide_init_s', float('nan')):.1f} s; per-round time ratios "
                      + ", ".join(f"{r:.2f}" for r in block["summary"].get("sqs", {}).get("time_ratios_per_round", [])))
