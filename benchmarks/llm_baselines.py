@@ -488,11 +488,12 @@ def main(argv=None):
     settings = {"size": args.size, "calib_windows": list(calib.tokens.shape), "eval_windows": list(held.tokens.shape),
                 "autoround_iters": args.autoround_iters, "matrices": len(names)}
     done = ConfigRows(args.out, resume=True, settings=settings)
-    base_rows = done.get("base")
+    base_done = ConfigRows(args.out, resume=True, settings={"size": args.size, "eval_windows": settings["eval_windows"]})
+    base_rows = base_done.get("base")  # the base does not depend on the calibration settings
     if base_rows is None:
         start = time.perf_counter()
         base_rows = [{"method": "base", "perplexity": evaluate(folder, {}, held), "eval_seconds": time.perf_counter() - start}]
-        done.put("base", base_rows)
+        base_done.put("base", base_rows)
     print(f"base perplexity {base_rows[0]['perplexity']:.3f}", flush=True)
     rows = run_baselines([b for b in BASELINES if b.name in args.only], done, folder, tokenizer, calib, held, names, args)
     results = {
