@@ -113,7 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--only", help="comma-separated baseline names (default: all)")
     p.add_argument("--calib-windows", type=int, default=64, help="calibration windows of 256 tokens")
     p.add_argument("--eval-windows", type=int, default=20)
-    p.add_argument("--autoround-iters", type=int, default=50)
+    p.add_argument("--autoround-iters", type=int, default=20, help="AutoRound's tuning steps per block")
+    p.add_argument("--autoround-batch", type=int, default=4, help="AutoRound's batch (windows per step)")
     p.add_argument("--out", help="run folder with the row cache (default runs/llm_baselines[_smoke])")
     p.add_argument("--results-dir")
     p.add_argument("--cache", default=os.path.join("runs", "smollm2_fp32"), help="the dequantized fp32 SmolLM2")
@@ -130,7 +131,7 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown baselines {unknown}; known: {names}")
     if args.smoke:
-        args.calib_windows, args.eval_windows, args.autoround_iters = 4, 2, 2
+        args.calib_windows, args.eval_windows, args.autoround_iters, args.autoround_batch = 4, 2, 2, 2
     return args
 
 
@@ -296,10 +297,11 @@ def run_autoround(b, folder, tokenizer, calib, names, args, workdir):
                   if isinstance(m, torch.nn.Linear) and n not in wanted and n != "lm_head"}
     data = [calib.tokens[i: i + 1] for i in range(len(calib))]
     ar = AutoRound(net, tokenizer=tokenizer, bits=b.bits, group_size=b.group_size, sym=False, iters=args.autoround_iters,
-                   nsamples=len(data), seqlen=calib.seq_len, batch_size=min(8, len(data)), dataset=data,
+                   nsamples=len(data), seqlen=calib.seq_len, batch_size=min(args.autoround_batch, len(data)), dataset=data,
                    device_map="cpu", layer_config=keep_dense, enable_torch_compile=False, seed=0)
     ar.quantize()
-    out = Compressed({}, {}, info={"iters": args.autoround_iters, "max_distinct_per_group": 0})
+    out = Compressed({}, {}, info={"iters": args.autoround_iters, "batch_size": args.autoround_batch,
+                                   "max_distinct_per_group": 0})
     for name in names:
         m = net.get_submodule(name)
         w = dequantize_fp16_params(m.weight.detach().float(), m.scale, m.zp, b.bits, b.group_size)
@@ -398,12 +400,15 @@ def run_baselines(baselines, done, folder, tokenizer, calib, held, names, args):
     """
     rows = []
     for b in baselines:
-        cached = done.get(b.name)
+        tag = b.name  # AutoRound's rows also depend on its steps and batch
+        if b.library == "auto-round" and args is not None:
+            tag += f"_iters{args.autoround_iters}_batch{args.autoround_batch}"
+        cached = done.get(tag)
         if cached is None:
             print(f"{b.name} ...", flush=True)
             row = baseline_row(b, folder, tokenizer, calib, held, names, args)
             if "error" not in row:
-                done.put(b.name, [row])
+                done.put(tag, [row])
             cached = [row]
         rows += cached
         r = cached[0]
@@ -441,6 +446,8 @@ def markdown(results):
         file_cell = ("—" if not r.get("layer_file_bytes") else
                      f"{r['layer_file_bytes']:,} ({r['file_bits_per_weight']:.2f})")
         error = f" **failed: {r['error']}**" if r.get("error") else ""
+        if r.get("iters"):
+            error = f", {r['iters']} steps x batch {r['batch_size']}" + error
         lines.append(
             f"| {r['method']}{error} | {r.get('library', '—')} {r.get('version') or ''} | {r.get('bits') or '—'} "
             f"| {r.get('group_size') or '—'} | {_f(r.get('sparsity'), '{:.1%}')} | {_f(r.get('perplexity'), '{:.3f}')} "
@@ -486,7 +493,7 @@ def main(argv=None):
     numel = sum(base.get_submodule(n).weight.numel() for n in names)
     del base
     settings = {"size": args.size, "calib_windows": list(calib.tokens.shape), "eval_windows": list(held.tokens.shape),
-                "autoround_iters": args.autoround_iters, "matrices": len(names)}
+                "matrices": len(names)}
     done = ConfigRows(args.out, resume=True, settings=settings)
     base_done = ConfigRows(args.out, resume=True, settings={"size": args.size, "eval_windows": settings["eval_windows"]})
     base_rows = base_done.get("base")  # the base does not depend on the calibration settings
