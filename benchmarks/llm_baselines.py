@@ -119,6 +119,9 @@ def parse_args(argv=None):
     p.add_argument("--results-dir")
     p.add_argument("--cache", default=os.path.join("runs", "smollm2_fp32"), help="the dequantized fp32 SmolLM2")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cached-only", action="store_true",
+                   help="write the results from the cached rows; baselines not run yet are listed as such")
+    p.add_argument("--note", help="a sentence for the results (e.g. how loaded the machine was while the rows ran)")
     p.add_argument("--keep-files", action="store_true", help="keep the libraries' files (hundreds of MB each)")
     args = p.parse_args(argv)
     args.size = "smoke" if args.smoke else "full"
@@ -404,6 +407,10 @@ def run_baselines(baselines, done, folder, tokenizer, calib, held, names, args):
         if b.library == "auto-round" and args is not None:
             tag += f"_iters{args.autoround_iters}_batch{args.autoround_batch}"
         cached = done.get(tag)
+        if cached is None and getattr(args, "cached_only", False):
+            rows.append({"name": b.name, "method": b.label, "library": b.library, "version": library_version(b.library),
+                         "bits": b.bits, "group_size": b.group_size, "not_run": True})
+            continue
         if cached is None:
             print(f"{b.name} ...", flush=True)
             row = baseline_row(b, folder, tokenizer, calib, held, names, args)
@@ -432,6 +439,13 @@ def sqs_rows(path=SQS_RESULTS):
     return rows
 
 
+def sqs_base_perplexity(path=SQS_RESULTS):
+    p = ROOT / path
+    if not p.exists():
+        return None
+    return next((round(r["perplexity"], 3) for r in json.loads(p.read_text())["rows"] if r["method"].startswith("base")), None)
+
+
 def _f(value, fmt):
     return "—" if value is None else fmt.format(value)
 
@@ -445,7 +459,7 @@ def markdown(results):
         side = parts.get("scales", 0) + parts.get("zero_points", 0) if parts else None
         file_cell = ("—" if not r.get("layer_file_bytes") else
                      f"{r['layer_file_bytes']:,} ({r['file_bits_per_weight']:.2f})")
-        error = f" **failed: {r['error']}**" if r.get("error") else ""
+        error = f" **failed: {r['error']}**" if r.get("error") else (" (not run yet)" if r.get("not_run") else "")
         if r.get("iters"):
             error = f", {r['iters']} steps x batch {r['batch_size']}" + error
         lines.append(
@@ -457,7 +471,9 @@ def markdown(results):
     sqs_note = (f"SQS rows: from `{SQS_RESULTS}` (examples/llama_wikipedia.py, same held-out windows and matrices, "
                 "outlier-aware windows, 8 SVI steps of batch 4 per configuration; its honest bits count codebooks, "
                 "codes and mask; entropy coded: " + ", ".join(f"{r['method']} {r['target_sparsity']:.0%}: "
-                                                              f"{r['ec_bits_per_weight']:.2f}" for r in results["sqs_rows"]) + ").")
+                                                              f"{r['ec_bits_per_weight']:.2f}" for r in results["sqs_rows"])
+                + f"). Base perplexity in that run: {results.get('sqs_base_perplexity') or '—'} (here transformers 5.17; "
+                  "the project's venv holds 5.24).")
     return "\n".join([
         f"# SmolLM2-135M: SQS against the LLM quantizers — size `{results['size']}`",
         "",
@@ -478,7 +494,7 @@ def markdown(results):
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', ()))}: the machine is "
         "shared with other jobs, so times are contended wall-clock times.",
         "",
-    ] + lines + ["", sqs_note, ""])
+    ] + lines + ["", sqs_note, ""] + ([results["note"], ""] if results.get("note") else []))
 
 
 def main(argv=None):
@@ -512,6 +528,8 @@ def main(argv=None):
         "compressed_modules": len(names), "compressed_weights": numel,
         "base_perplexity": base_rows[0]["perplexity"], "rows": rows,
         "sqs_rows": [] if args.smoke else sqs_rows(),
+        "sqs_base_perplexity": None if args.smoke else sqs_base_perplexity(),
+        "note": args.note,
         "resumed": done.reused,
     }
     md = markdown(results)
