@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow study data venv clean
+.PHONY: demo test test-slow study data venv clean llm-baselines
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,5 +45,16 @@ study: $(STAMP) data
 test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow
 
+# Optional: the LLM quantizers (GPTQ, SparseGPT, AutoRound, HQQ) in their own venv, since their pins
+# (llmcompressor: torch <= 2.14.0, transformers <= 5.17.0) cannot live beside the project's; see
+# requirements/llm-baselines.txt for the order, then: .venv-llm/bin/python benchmarks/llm_baselines.py
+LLM_VENV ?= .venv-llm
+llm-baselines:
+	test -x $(LLM_VENV)/bin/python || $(PY) -m venv $(LLM_VENV)
+	$(LLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LLM_VENV)/bin/python -m pip install -q "torch==2.14.1"
+	$(LLM_VENV)/bin/python -m pip install -q -e . -r requirements/llm-baselines.txt
+	$(LLM_VENV)/bin/python -m pip install -q --no-deps -r requirements/llm-baselines-nodeps.txt
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(LLM_VENV) build dist *.egg-info
