@@ -29,7 +29,6 @@ Results go to ``benchmarks/results/hot_path_<device>.{json,md}``.
 """
 
 import argparse
-import ctypes
 import gc
 import importlib.util
 import json
@@ -44,6 +43,7 @@ import time
 import torch
 
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _memory import status_kib as _status_kib, trim_and_reset_peak as _trim_and_reset_peak  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 VARIANTS = ("plain", "naive", "fused")
@@ -51,32 +51,6 @@ MODELS = ("minilm", "resnet18", "llama-1b")
 BERT_ATTENTION = r"re:.*attention\.(self\.(query|key|value)|output\.dense)"
 LLAMA_PROJECTIONS = r"re:.*\.(q_proj|k_proj|v_proj|o_proj|up_proj|down_proj)"
 NUM_DATA = 10_000
-
-
-# ----------------------------------------------------------------------------- machine
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def _status_kib(field):
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _trim_and_reset_peak():
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- models

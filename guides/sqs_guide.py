@@ -81,8 +81,12 @@ class SiteParams(PyroModule):
 
     def gate_probs(self):
         """``gamma = sigmoid(rho / s)``, exactly zero where masked (with hard gates: the mask, 0 or 1)."""
-        if self.hard_gates:
-            return self.mask.to(self.rho.dtype)
+        if self.hard_gates:  # the same tensor while the mask is unchanged (read-only)
+            key = (self.mask.data_ptr(), self.mask._version, self.rho.dtype, self.rho.device)
+            cached = self.__dict__.get("_hard_gate")
+            if cached is None or cached[0] != key:
+                cached = self.__dict__["_hard_gate"] = (key, self.mask.to(self.rho.dtype))
+            return cached[1]
         gate = torch.sigmoid(self.rho / self.settings.gate_temperature)
         return gate * self.mask
 
@@ -207,7 +211,7 @@ class SQSGuide(AutoMessenger):
             codebook = (p.locs, p.scales, p.logits) if index is not None else map(g, (p.locs, p.scales, p.logits))
             tau = p.settings.tau if tau is None else tau
             q = AnchoredSparseGMM(p.gate_probs(), anchor, *codebook, tau, group_index=index,
-                                  straight_through=self.straight_through)
+                                  straight_through=self.straight_through, hard_gates=p.hard_gates)
         return q.to_event(anchor.dim())
 
     def refit_codebooks(self):

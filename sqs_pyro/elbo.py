@@ -49,9 +49,11 @@ import pyro.poutine as poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, warn_if_nan
 
+from .distributions.anchored import summed_kl
 from .handlers import PosteriorMean, RelaxedDraws
 
 PLUG_INS = ("auto", "mean", "sample")
@@ -160,6 +162,9 @@ class SQSELBO(TraceMeanField_ELBO):
         if isinstance(unwrapped, poutine.messenger.Messenger):
             guide(*args, **kwargs)
             model_trace, guide_trace = unwrapped.get_traces()
+            # the guide would hold this step's sites (weights, posteriors, their caches) until its next call: the
+            # size of the model again, at the next step's peak
+            unwrapped.trace = Trace()
         else:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
@@ -172,6 +177,11 @@ class SQSELBO(TraceMeanField_ELBO):
 
     def _site_kl(self, model_site, guide_site):
         scale, mask = guide_site["scale"], guide_site["mask"]
+        if mask is None and (not torch.is_tensor(scale) or scale.numel() == 1):
+            # the site's total in one pass, without a KL per weight (anchored.summed_kl)
+            total = summed_kl(guide_site["fn"], model_site["fn"])
+            if total is not None:
+                return total * scale
         try:
             kl = kl_divergence(guide_site["fn"], model_site["fn"])
         except NotImplementedError:

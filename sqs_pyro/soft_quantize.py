@@ -121,6 +121,10 @@ class _Codebook:
         self._members = (None, None)  # (sel, one-hot group matrix of its weights)
         self.shared = index is None and all(t.shape[1] == 1 for t in (logits, locs, scales))
         self.per_weight = index is None and (logits.shape[1] > 1 or scales.shape[1] > 1)
+        # a one-hot weight's code is its cell k * G + g of the (K, G) tables (k for one codebook);
+        # ``num_cells`` (one past the last) marks the weights that are not one-hot
+        self.groups = locs.shape[1] if index is not None else 1
+        self.num_cells = locs.shape[0] * self.groups
         # log pi_k - log sigma_k - log sqrt(2 pi): once per call unless it varies per weight.
         self.offset = None if self.per_weight else self._offset(logits, scales)
 
@@ -166,22 +170,33 @@ class _Codebook:
         z = torch.addmm(-self.locs * inv_sd, inv_sd, anchor[sel].unsqueeze(0))
         return z.square_().mul_(-0.5).add_(self.offset)
 
-    def pick(self, v, sel, k):
-        """``v[k_i]`` for every weight ``i`` of ``sel``."""
-        if self.index is not None:
-            return v[k, self.index[sel]]
-        if v.shape[1] == 1:
-            return v[:, 0].index_select(0, k)
-        return v[:, sel].gather(0, k.unsqueeze(0)).squeeze(0)
+    def codes_of(self, sel, k):
+        """The codes (int32) of the weights ``sel`` whose components are ``k``."""
+        if self.index is None:
+            return k.to(torch.int32)
+        return (k * self.groups).add_(self.index[sel]).to(torch.int32)
 
-    def add_picked(self, grad, sel, k, g):
-        """The gradient of :meth:`pick`: ``grad[k_i] += g_i``."""
-        if self.index is not None:
-            grad.index_put_((k, self.index[sel]), g, accumulate=True)
-        elif grad.shape[1] == 1:
-            grad[:, 0].index_add_(0, k, g)
+    def picks(self, v, codes, out=None):
+        """``v[k_i]`` of every weight (0 for the weights that are not one-hot), in one gather."""
+        if v.shape[1] == self.groups:  # a (K, G) table or a (K, 1) codebook: read by the codes
+            return torch.index_select(torch.cat([v.reshape(-1), v.new_zeros(1)]), 0, codes, out=out)
+        k = codes.clamp(max=v.shape[0] - 1).long()  # one value per weight and component: (K, N)
+        picked = v.gather(0, k.unsqueeze(0)).squeeze(0).masked_fill_(codes == self.num_cells, 0.0)
+        return picked if out is None else out.copy_(picked)
+
+    def add_picks(self, grad, codes, g):
+        """The gradient of :meth:`picks`: ``grad[k_i] += g_i`` for every one-hot weight ``i``."""
+        if grad.shape[1] == self.groups:  # one counting pass instead of an accumulating scatter
+            counts = torch.bincount(codes, weights=g, minlength=self.num_cells + 1)
+            grad += counts[: self.num_cells].view(grad.shape)
         else:
-            grad[:, sel].scatter_add_(0, k.unsqueeze(0), g.unsqueeze(0))
+            k = codes.clamp(max=grad.shape[0] - 1).long().unsqueeze(0)
+            grad.scatter_add_(0, k, g.masked_fill(codes == self.num_cells, 0.0).unsqueeze(0))
+
+    def counts(self, codes, weights=None):
+        """``sum_i weights_i [code_i = (k, g)]`` over the one-hot weights, a (K, G) table."""
+        counts = torch.bincount(codes, weights=weights, minlength=self.num_cells + 1)
+        return counts[: self.num_cells].view(self.locs.shape[0], self.groups)
 
     def accumulate(self, grad, rows, sel):
         """Add the per-weight gradient ``rows`` (K, n) of the weights ``sel`` to ``grad``."""
@@ -245,8 +260,6 @@ def _split_one_hot(log_resp, threshold):
     return k, soft
 
 
-def _code_dtype(num_components):
-    return torch.uint8 if num_components <= 256 else torch.int32
 
 
 #: The value range of each group's anchors is cut into this many cells, and the
@@ -317,45 +330,51 @@ class _Cells:
             g3 = g.unsqueeze(1).expand_as(fine)
             labels[g3, fine] = _certify(a[g], b[g], c[g], edge - margin[g], edge + width[g] + margin[g], threshold)
         self.labels = labels.reshape(-1)
+        # the lookup table of codes (book.codes_of; book.num_cells where uncertain) with one more uncertain
+        # cell at the top of each group: a position (w - lo) * scale lies in [0, cells] up to a rounding
+        # that the certified margins absorb at the bottom, so truncation needs no clamp
+        groups = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1)
+        table = torch.where(labels < 0, book.num_cells, labels * book.groups + groups)
+        self.table = torch.cat([table, table.new_full((table.shape[0], 1), book.num_cells)], 1).to(torch.int32)
 
     def lookup(self, anchor, sel, index):
-        """Codes of the weights ``sel`` (-1 where uncertain)."""
+        """Codes of the weights ``sel`` (``book.num_cells`` where uncertain)."""
         w = anchor[sel]
         if index is None:
-            pos = (w - self.lo).mul_(self.scale)
-            offset = 0
-        else:
-            g = index[sel]
-            pos = (w - self.lo[g]).mul_(self.scale[g])
-            offset = g * (_CELLS * _REFINE)
-        cell = pos.floor_().clamp_(0, _CELLS * _REFINE - 1).long()
-        return self.labels[cell + offset]
+            cell = (w - self.lo).mul_(self.scale).long()
+            return self.table[0].index_select(0, cell)
+        g = index[sel]
+        cell = (w - self.lo[g]).mul_(self.scale[g]).long()
+        return self.table[g, cell]
 
 
 def _one_hot_codes(book, anchor, chunk, threshold, cache):
     """
-    Component codes of all weights (one byte each) and the indices of the
-    weights that are not one-hot, reused from ``cache`` while anchor and
-    codebook are unchanged (the mean and the KL of one step share them).
+    The codes of all weights (int32; see :meth:`_Codebook.codes_of`:
+    ``k * G + g`` for a weight whose ``phi`` is one-hot on component ``k``,
+    ``book.num_cells`` for the others) and the indices of the weights that are
+    not one-hot, reused from ``cache`` while anchor and codebook are unchanged
+    (the mean and the KL of one step share them).
     """
     key = tuple((t.data_ptr(), t._version) for t in (anchor, book.logits, book.locs, book.scales)) + (threshold,)
     if cache is not None and cache.get("key") == key:
         return cache["codes"], cache["soft"]
-    codes = torch.empty(anchor.numel(), dtype=_code_dtype(book.locs.shape[0]), device=anchor.device)
+    codes = torch.empty(anchor.numel(), dtype=torch.int32, device=anchor.device)
     chunks = _chunks(anchor.numel(), chunk)
     cells = _Cells(book, anchor, threshold) if book.shared or book.index is not None else None
     if cells is not None and cells.valid:
         # most weights fall in certified cells; look at the others one by one
         uncertain = []
         for sel in _chunks(anchor.numel(), chunk * book.locs.shape[0]):
-            labels = cells.lookup(anchor, sel, book.index)
-            codes[sel] = labels.clamp(min=0).to(codes.dtype)
-            uncertain.append((labels < 0).nonzero().squeeze(1) + sel.start)
+            part = codes[sel]
+            part.copy_(cells.lookup(anchor, sel, book.index))
+            uncertain.append((part == book.num_cells).nonzero().squeeze(1) + sel.start)
         chunks = torch.split(torch.cat(uncertain), chunk)
     soft = []
     for sel in chunks:
         k, local = _split_one_hot(book.rough_log_resp(anchor, sel), threshold)
-        codes[sel] = k.to(codes.dtype)
+        part = book.codes_of(sel, k)
+        codes[sel] = part.index_fill_(0, local, book.num_cells)
         soft.append(local + sel.start if isinstance(sel, slice) else sel[local])
     soft = torch.cat(soft) if soft else torch.zeros(0, dtype=torch.long, device=anchor.device)
     if cache is not None:
@@ -368,10 +387,15 @@ def _chunks(n, chunk):
 
 
 class _ComponentExpectations(torch.autograd.Function):
-    """``gate * sum_k phi_ik v_k`` for each of ``values``, recomputing ``phi`` in backward."""
+    """
+    ``gate * sum_k phi_ik v_k`` for each of ``values``, recomputing ``phi`` in
+    backward; with ``straight``, the first output's gradient also reaches the
+    anchors times the gate (the straight-through estimator of
+    :class:`~sqs_pyro.distributions.anchored.AnchoredSparseGMM`).
+    """
 
     @staticmethod
-    def forward(ctx, index, tau, chunk, one_hot, cache, anchor, gate, logits, locs, scales, *values):
+    def forward(ctx, index, tau, chunk, one_hot, cache, straight, anchor, gate, logits, locs, scales, *values):
         book = _Codebook(index, logits, locs, scales)
         n = anchor.numel()
         outs = [anchor.new_empty(n) for _ in values]
@@ -381,10 +405,8 @@ class _ComponentExpectations(torch.autograd.Function):
         if one_hot and threshold < 1:
             # weights with a one-hot phi take their component's values ...
             codes, soft = _one_hot_codes(book, anchor, chunk, threshold, cache)
-            for sel in _chunks(n, chunk * locs.shape[0]):
-                k = codes[sel].long()
-                for out, v in zip(outs, values):
-                    out[sel] = book.pick(v, sel, k)
+            for out, v in zip(outs, values):
+                book.picks(v, codes, out=out)
             # ... the others need all of phi
             chunks = torch.split(soft, chunk)
         for sel in chunks:
@@ -394,7 +416,7 @@ class _ComponentExpectations(torch.autograd.Function):
         if gate is not None:
             for out in outs:
                 out.mul_(gate)
-        ctx.tau, ctx.chunk = tau, chunk
+        ctx.tau, ctx.chunk, ctx.straight = tau, chunk, straight
         ctx.save_for_backward(index, anchor, gate, logits, locs, scales, codes, soft, *values)
         return tuple(outs)
 
@@ -405,22 +427,30 @@ class _ComponentExpectations(torch.autograd.Function):
         tau, chunk, need = ctx.tau, ctx.chunk, ctx.needs_input_grad
         book = _Codebook(index, logits, locs, scales)
         n = anchor.numel()
-        grad_anchor = torch.zeros_like(anchor) if need[5] else None
-        grad_gate = torch.zeros_like(gate) if gate is not None and need[6] else None
+        grad_anchor = None
+        if need[6] and ctx.straight:  # straight through: d out_0 / d anchor = gate
+            grad_anchor = grads[0].clone() if gate is None else grads[0] * gate
+        elif need[6]:
+            grad_anchor = torch.zeros_like(anchor)
+        grad_gate = torch.zeros_like(gate) if gate is not None and need[7] else None
         grad_log_pi = torch.zeros_like(logits)
         grad_locs, grad_scales = torch.zeros_like(locs), torch.zeros_like(scales)
-        grad_values = [torch.zeros_like(v) if need[10 + j] else None for j, v in enumerate(values)]
+        grad_values = [torch.zeros_like(v) if need[11 + j] else None for j, v in enumerate(values)]
         chunks = _chunks(n, chunk)
         if soft is not None:
             # one-hot weights: out_i = v[k_i], so d out_i / d v_k = [k == k_i] and nothing flows to phi
-            hard = [(g.clone() if gate is None else g * gate).index_fill_(0, soft, 0.0) for g in grads]
-            for sel in _chunks(n, chunk * locs.shape[0]):
-                k = codes[sel].long()
-                for g, h, v, gv in zip(grads, hard, values, grad_values):
-                    if gv is not None:
-                        book.add_picked(gv, sel, k, h[sel])
-                    if grad_gate is not None:
-                        grad_gate[sel] += g[sel] * book.pick(v, sel, k)
+            # (the codes of the other weights point past the tables: they add nothing here)
+            for j, (g, v, gv) in enumerate(zip(grads, values, grad_values)):
+                if gv is not None:
+                    if gate is None:
+                        h = g
+                    elif j == 0 and ctx.straight and grad_anchor is not None:
+                        h = grad_anchor  # the same product
+                    else:
+                        h = g * gate
+                    book.add_picks(gv, codes, h)
+                if grad_gate is not None:
+                    grad_gate += g * book.picks(v, codes)
             chunks = torch.split(soft, chunk)
         for sel in chunks:
             z, log_resp = book.log_resp(anchor, sel)
@@ -447,13 +477,14 @@ class _ComponentExpectations(torch.autograd.Function):
             book.accumulate(grad_log_pi, t, sel)
             tz = (t * z).mul_(inv_sd)
             if grad_anchor is not None:
-                grad_anchor[sel] = -tz.sum(0)
+                grad_anchor[sel] -= tz.sum(0)
             book.accumulate(grad_locs, tz, sel)
             # d l / d sigma_k = (z^2 - 1) / sigma_k
             book.accumulate(grad_scales, tz.mul_(z).sub_(t.mul_(inv_sd)), sel)
         # through log_pi = log_softmax(logits)
         grad_logits = grad_log_pi.sub_(torch.softmax(logits, 0) * grad_log_pi.sum(0, keepdim=True))
-        return (None, None, None, None, None, grad_anchor, grad_gate, grad_logits, grad_locs, grad_scales, *grad_values)
+        return (None, None, None, None, None, None, grad_anchor, grad_gate, grad_logits, grad_locs, grad_scales,
+                *grad_values)
 
 
 def _layout(t, shape, num_components):
@@ -464,6 +495,17 @@ def _layout(t, shape, num_components):
     return t.expand(shape + (num_components,)).reshape(-1, num_components).t()
 
 
+def _fused_layout(anchor, tensors, group_index):
+    # (flat group index or None, per-component tensors in the layouts of the fused operation)
+    shape = anchor.shape
+    num_components = max(t.shape[-1] for t in tensors)
+    if group_index is None:
+        return None, [_layout(t, shape, num_components) for t in tensors]
+    if group_index.shape != shape:
+        raise ValueError(f"group_index has shape {tuple(group_index.shape)}, expected {tuple(shape)}")
+    return group_index.reshape(-1), [t.expand(t.shape[0], num_components).t() for t in tensors]
+
+
 def _default_chunk(anchor, num_components):
     elements = CHUNK_ELEMENTS_CPU if anchor.device.type == "cpu" else CHUNK_ELEMENTS_ACCELERATOR
     return max(1, elements // num_components)
@@ -471,7 +513,7 @@ def _default_chunk(anchor, num_components):
 
 def component_expectations(
     anchor, locs, scales, logits, tau, *values, gate=None, group_index=None, chunk_size=None, one_hot=None,
-    cache=None, fused=True,
+    cache=None, fused=True, straight_through=False,
 ):
     r"""
     ``phi``-weighted sums of per-component values, without storing ``phi``:
@@ -530,6 +572,10 @@ def component_expectations(
         components of the weights between calls with the same (unmodified)
         anchor and codebook, e.g. the mean and the KL of one training step.
     :param bool fused: ``False`` for the plain reference computation.
+    :param bool straight_through: the first result keeps its value, but its
+        gradient also reaches ``anchor`` as if ``gate * anchor`` were added
+        (``+ gate * (anchor - anchor.detach())``, a straight-through estimator),
+        without building that sum.
     :returns: a tuple with one tensor of shape ``S`` per value.
     """
     if not values:
@@ -541,26 +587,77 @@ def component_expectations(
             values = tuple(v[group_index] for v in values)
         phi = component_probs(anchor, locs, scales, logits, tau)
         outs = tuple((phi * v).sum(-1) for v in values)
+        if straight_through and anchor.requires_grad:  # (the gate multiplies it below)
+            outs = (outs[0] + (anchor - anchor.detach()),) + outs[1:]
     else:
-        num_components = max(t.shape[-1] for t in (locs, scales, logits) + values)
-        tensors = (logits, locs, scales) + values
-        if group_index is None:
-            index = None
-            tensors = [_layout(t, shape, num_components) for t in tensors]
-        else:
-            if group_index.shape != shape:
-                raise ValueError(f"group_index has shape {tuple(group_index.shape)}, expected {tuple(shape)}")
-            index = group_index.reshape(-1)
-            tensors = [t.expand(t.shape[0], num_components).t() for t in tensors]
+        index, tensors = _fused_layout(anchor, (logits, locs, scales) + values, group_index)
+        num_components = tensors[0].shape[0]
         chunk = int(chunk_size) if chunk_size else _default_chunk(anchor, num_components)
         one_hot = ONE_HOT if one_hot is None else bool(one_hot)
         # a gate of the weights' own shape is applied inside (its product is not stored)
         inner = gate is not None and gate.shape == shape
         flat_gate = gate.reshape(-1) if inner else None
         outs = _ComponentExpectations.apply(
-            index, float(tau), chunk, one_hot, cache, anchor.reshape(-1), flat_gate, *tensors
+            index, float(tau), chunk, one_hot, cache, bool(straight_through), anchor.reshape(-1), flat_gate, *tensors
         )
         outs = tuple(o.view(shape) for o in outs)
         if inner:
             return outs
     return outs if gate is None else tuple(gate * o for o in outs)
+
+
+def component_sums(anchor, locs, scales, logits, tau, *values, gate=None, group_index=None, chunk_size=None,
+                   one_hot=None, cache=None):
+    r"""
+    The totals over all weights of :func:`component_expectations`,
+    ``sum_i gate_i sum_k phi_ik v_k`` for each of ``values`` (e.g. the Jensen
+    KL of a whole site), with the same arguments; equal to
+    ``component_expectations(...)[j].sum()`` in value and gradients (up to the
+    order of the additions).
+
+    With the one-hot shortcut and a gate that takes no gradient (hard gates),
+    nothing per weight is built: a one-hot weight ``i`` contributes
+    ``gate_i v[k_i]``, so the one-hot weights sum to ``sum_k n_k v_k`` with
+    ``n_k`` the (gated) count of weights in component ``k`` (one counting pass
+    over the components that ``cache`` already holds when the mean was
+    computed first), and only the weights that are not one-hot go through
+    :func:`component_expectations`. Otherwise it is that function's sum.
+
+    Example::
+
+        >>> w = torch.tensor([-1.0, 0.1, 0.9])
+        >>> locs, scales = torch.tensor([-1.0, 1.0]), torch.tensor([0.1, 0.1])
+        >>> component_sums(w, locs, scales, torch.zeros(2), 1e-3, torch.tensor([0.5, 2.0]))
+        (tensor(4.5000),)
+    """
+    one_hot = ONE_HOT if one_hot is None else bool(one_hot)
+    threshold = _one_hot_threshold(tau, anchor.dtype)
+    expectations = lambda *args, **kwargs: tuple(  # noqa: E731
+        e.sum() for e in component_expectations(*args, chunk_size=chunk_size, **kwargs))
+    if (not one_hot or threshold >= 1 or not values
+            or (gate is not None and (gate.requires_grad or gate.shape != anchor.shape))):
+        return expectations(anchor, locs, scales, logits, tau, *values, gate=gate, group_index=group_index,
+                            one_hot=one_hot, cache=cache)
+    index, tensors = _fused_layout(anchor, (logits, locs, scales) + values, group_index)
+    book = _Codebook(index, *tensors[:3])
+    if book.per_weight or any(v.shape[1] != (1 if index is None else book.locs.shape[1]) for v in tensors[3:]):
+        return expectations(anchor, locs, scales, logits, tau, *values, gate=gate, group_index=group_index,
+                            one_hot=one_hot, cache=cache)
+    flat = anchor.reshape(-1)
+    num_components = tensors[0].shape[0]
+    chunk = int(chunk_size) if chunk_size else _default_chunk(anchor, num_components)
+    with torch.no_grad():
+        codes, soft = _one_hot_codes(book, flat.detach(), chunk, threshold, cache)
+        counts = book.counts(codes, None if gate is None else gate.reshape(-1)).to(anchor.dtype)
+    sums = [(counts * v).sum() for v in tensors[3:]]
+    if soft.numel():
+        if index is None:  # a codebook for the whole tensor: (1, K)
+            codebook = [t.t() for t in tensors[:3]]
+            soft_values = [v.t() for v in tensors[3:]]
+        else:
+            codebook, soft_values = (logits, locs, scales), values
+        rest = expectations(flat[soft], codebook[1], codebook[2], codebook[0], tau, *soft_values,
+                            gate=None if gate is None else gate.reshape(-1)[soft],
+                            group_index=None if index is None else index[soft], one_hot=False)
+        sums = [s + r for s, r in zip(sums, rest)]
+    return tuple(sums)

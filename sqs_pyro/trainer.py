@@ -62,6 +62,15 @@ def _tensors_in(obj):
             yield from _tensors_in(v)
 
 
+def _params_finite(params):
+    """Whether every floating-point tensor of ``params`` is finite: one pass (the max-norm of each, NaN or
+    infinite exactly when the tensor has a NaN or an infinity), no per-element flags."""
+    params = [p.detach() for p in params if p.is_floating_point() and p.numel()]
+    if not params:
+        return True
+    return bool(torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all())
+
+
 def _all_finite(tensors):
     flags = [torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
@@ -142,9 +151,12 @@ class SQSTrainer:
         self.anchors = [site.anchor for site in model.sites.values()] if straight_through else []
         for anchor in self.anchors:
             anchor.requires_grad_(True)
-        for name, param in guide.named_parameters():  # hard gates: rho is not trained (nor seen by DDP)
+        # rho is trained only by learned gates with a learning rate: hard gates, or a gate_lr of 0 (Adam would
+        # leave rho as it is), need neither its gradient nor Adam's states (16 bytes a weight; nor seen by DDP)
+        self.gates_trained = cfg.gates == "learned" and cfg.gate_lr > 0
+        for name, param in guide.named_parameters():
             if name.endswith("rho_unconstrained") or name.endswith(".rho"):
-                param.requires_grad_(cfg.gates == "learned")
+                param.requires_grad_(self.gates_trained)
         self._order = (None, None)  # (epoch, its order), computed once per epoch
         self.out_dir = out_dir
         self.batch_size = int(batch_size)
@@ -175,7 +187,7 @@ class SQSTrainer:
         anchors = {id(a) for a in self.anchors}
         others += [p for _, p in self.model.point_parameters() if id(p) not in anchors]
         groups = [{"params": others, "lr": self.cfg.lr}]
-        if gates and self.cfg.gates == "learned":
+        if gates and self.gates_trained:
             groups.append({"params": gates, "lr": self.cfg.gate_lr})
         if self.anchors:
             groups.append({"params": self.anchors, "lr": self.cfg.anchor_lr})
@@ -342,7 +354,7 @@ class SQSTrainer:
             raise NonFiniteLossError(f"loss is {loss.item()} at step {t}; stopped. " + self._kept_message())
         loss.backward()
         self.optimizer.step()
-        if not _all_finite(p for g in self.optimizer.param_groups for p in g["params"]):
+        if not _params_finite(p for g in self.optimizer.param_groups for p in g["params"]):
             raise NonFiniteLossError(f"parameters became NaN or infinite in the update of step {t} (loss "
                                      f"{loss.item():.4g}); stopped. " + self._kept_message())
         self.state.step = t + 1

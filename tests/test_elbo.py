@@ -136,3 +136,32 @@ def test_works_with_plain_torch_optim():
         optim.step()
         first = loss.item() if first is None else first
     assert loss.item() < first
+
+
+@pytest.mark.parametrize("recipe", ["sqs", "paper"])
+def test_one_pass_kl_equals_the_per_weight_kl(monkeypatch, recipe):
+    # the ELBO's KL of a whole site in one pass (anchored.summed_kl) against the per-weight registered KL of
+    # the previous path: the loss and the gradient of every parameter, under the recipe's gates and anchors
+    from sqs_pyro import elbo as elbo_module
+    from sqs_pyro.config import CompressConfig
+    from sqs_pyro.schedules import global_topk_masks
+
+    cfg = CompressConfig(recipe=recipe).resolved()
+    model, guide, x, y = _tiny(tau=1e-3)
+    guide.configure(gates=cfg.gates, straight_through=cfg.anchors == "straight-through")
+    for site in model.sites.values():
+        site.anchor.requires_grad_(cfg.anchors == "straight-through")
+    guide.set_masks(global_topk_masks({n: s.anchor.detach().abs() for n, s in model.sites.items()}, 0.3))
+    params = [p for p in list(guide.parameters()) + list(model.net.parameters()) if p.requires_grad]
+    results = []
+    for fast in (False, True):
+        if not fast:
+            monkeypatch.setattr(elbo_module, "summed_kl", lambda q, p: None)
+        else:
+            monkeypatch.undo()
+        elbo = SQSELBO(plug_in="mean")
+        loss = elbo.differentiable_loss(model, guide, x, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)  # (hard gates: rho is not used)
+        results.append((loss,) + tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)))
+    for before, after in zip(*results):
+        torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-10)

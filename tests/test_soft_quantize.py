@@ -165,7 +165,10 @@ def test_certified_cells_per_group():
     hard = torch.ones(anchor.numel(), dtype=torch.bool)
     hard[soft] = False
     assert hard.float().mean() > 0.5
-    assert torch.equal(codes[hard].long(), phi[hard].argmax(-1))
+    groups = locs.shape[0]  # codes are cells k * G + g of the (K, G) tables
+    assert torch.equal(codes[hard].long() % groups, index.reshape(-1)[hard])
+    assert torch.equal(codes[hard].long() // groups, phi[hard].argmax(-1))
+    assert (codes[soft] == 8 * groups).all()
 
 
 def test_cache_is_shared_and_invalidated():
@@ -274,3 +277,49 @@ def test_table_with_an_infinite_logit():
     for p, f in zip(plain, fused):
         assert torch.isfinite(f).all()
         torch.testing.assert_close(f, p)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("gate_kind", ["none", "hard", "soft"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sums_equal_summed_expectations(layout, gate_kind, dtype):
+    # component_sums (the KL of a site in one pass) against the per-weight path it replaces:
+    # component_expectations(...).sum(), values and gradients
+    from sqs_pyro.soft_quantize import component_sums
+
+    anchor, gate, codebook, cost, index = _case(layout, shape=(48, 40), K=16, dtype=dtype, seed=2, spread=0.1, width=0.1)
+    gate = {"none": None, "hard": (gate > 0.5).to(dtype), "soft": gate}[gate_kind]
+    leaves = _leaves(anchor, *codebook, cost)
+    results = []
+    for fn in (component_expectations, component_sums):
+        anchor, locs, scales, logits, cost = leaves
+        out = fn(anchor, locs, scales, logits, 1e-3, locs, cost, gate=gate, group_index=index, chunk_size=333,
+                 cache={})
+        m, e = (o.sum() for o in out) if fn is component_expectations else out
+        results.append((m, e) + torch.autograd.grad(0.7 * m + e * e, leaves))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for before, after in zip(*results):
+        scale = before.abs().max().clamp(min=1)
+        torch.testing.assert_close(after / scale, before / scale, **tol)
+
+
+@pytest.mark.parametrize("layout", ["layer", "table"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_straight_through_inside_equals_the_added_term(layout, fused):
+    # straight_through=True against the term the guide used to add: mean + gate * (anchor - anchor.detach())
+    anchor, gate, codebook, cost, index = _case(layout, shape=(30, 20), K=8, dtype=torch.float64, seed=3, spread=0.1,
+                                                width=0.1)
+    gate = (gate > 0.3).double()
+    leaves = _leaves(anchor, *codebook)
+    weight = torch.linspace(-1, 1, anchor.numel(), dtype=torch.float64).view_as(anchor)
+    results = []
+    for inside in (False, True):
+        anchor, locs, scales, logits = leaves
+        (m,) = component_expectations(anchor, locs, scales, logits, 1e-3, locs, gate=gate, group_index=index,
+                                      fused=fused, straight_through=inside)
+        if not inside:
+            m = m + gate * (anchor - anchor.detach())
+        results.append((m,) + torch.autograd.grad((m * weight).sum(), leaves))
+    for before, after in zip(*results):
+        torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
+    assert results[1][1].abs().sum() > 0  # the anchors do get a gradient

@@ -34,12 +34,12 @@ Example::
 
 import torch
 from torch.autograd.function import once_differentiable
-from torch.distributions import Normal, constraints, register_kl
+from torch.distributions import Independent, Normal, constraints, register_kl
 from torch.distributions.utils import lazy_property
 
 from pyro.distributions.util import broadcast_shape
 
-from sqs_pyro.soft_quantize import component_expectations, component_probs
+from sqs_pyro.soft_quantize import component_expectations, component_probs, component_sums
 
 from .kl import _bernoulli_kl, component_kl
 from .sparse_gmm import SparseGMM
@@ -86,6 +86,9 @@ class AnchoredSparseGMM(SparseGMM):
         ``tau -> 0`` assignment, Bengio et al. 2013), so anchors can move between
         components. :attr:`mean` (the posterior-mean plug-in) and :meth:`rsample`
         (the sampled plug-in; the gradient is the drawn gate's) are affected.
+    :param bool hard_gates: the caller promises that ``gate_probs`` is 0 or 1
+        everywhere and takes no gradient (the hard gates of the default recipe),
+        so the Bernoulli part of :func:`summed_kl` is a count.
     """
 
     arg_constraints = {
@@ -109,6 +112,7 @@ class AnchoredSparseGMM(SparseGMM):
         temperature=0.1,
         chunk_size=None,
         straight_through=False,
+        hard_gates=False,
         validate_args=None,
     ):
         codebook = (locs, scales, logits)
@@ -132,6 +136,7 @@ class AnchoredSparseGMM(SparseGMM):
         self.temperature = temperature
         self.chunk_size = chunk_size
         self.straight_through = bool(straight_through)
+        self.hard_gates = bool(hard_gates)
         super(SparseGMM, self).__init__(batch_shape, validate_args=validate_args)
         if self._validate_args:
             self._validate_tables()
@@ -168,7 +173,7 @@ class AnchoredSparseGMM(SparseGMM):
         phi = component_probs(self.anchor, self.locs, self.scales, self.logits, self.tau)
         return phi.expand(self.batch_shape + (self._num_components,))
 
-    def expectations(self, *values, gate=None):
+    def expectations(self, *values, gate=None, straight_through=False):
         """
         ``gate * sum_k phi_ik v_k`` for each per-component tensor ``v`` laid
         out like the codebook, without storing ``phi`` (see
@@ -176,6 +181,15 @@ class AnchoredSparseGMM(SparseGMM):
         """
         locs, scales, logits = self._codebook
         return component_expectations(
+            self.anchor, locs, scales, logits, self.tau, *values,
+            gate=gate, group_index=self.group_index, chunk_size=self.chunk_size, cache=self._cache,
+            straight_through=straight_through,
+        )
+
+    def sums(self, *values, gate=None):
+        """The totals over all weights of :meth:`expectations` (see :func:`~sqs_pyro.soft_quantize.component_sums`)."""
+        locs, scales, logits = self._codebook
+        return component_sums(
             self.anchor, locs, scales, logits, self.tau, *values,
             gate=gate, group_index=self.group_index, chunk_size=self.chunk_size, cache=self._cache,
         )
@@ -194,9 +208,8 @@ class AnchoredSparseGMM(SparseGMM):
 
     @property
     def mean(self):
-        (mean,) = self.expectations(self._codebook[0], gate=self.gate_probs)
-        if self.straight_through and self.anchor.requires_grad:
-            mean = mean + self.gate_probs * (self.anchor - self.anchor.detach())
+        # straight through: + gate * (anchor - anchor.detach()), inside the fused operation
+        (mean,) = self.expectations(self._codebook[0], gate=self.gate_probs, straight_through=self.straight_through)
         return mean
 
     def rsample(self, sample_shape=torch.Size()):
@@ -231,6 +244,7 @@ class AnchoredSparseGMM(SparseGMM):
         new.temperature = self.temperature
         new.chunk_size = self.chunk_size
         new.straight_through = self.straight_through
+        new.hard_gates = self.hard_gates
         super(SparseGMM, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -300,3 +314,60 @@ def _kl_anchored_spike_slab(q, p):
 def _kl_anchored_normal(q, p):
     # The Gaussian-prior ablation, as for SparseGMM in kl.py: the slab part alone.
     return _gated_component_kl(q, p)
+
+
+def _unwrap(d):
+    ndims = 0
+    while isinstance(d, Independent):
+        ndims += d.reinterpreted_batch_ndims
+        d = d.base_dist
+    return d, ndims
+
+
+def _bernoulli_total(q, lam):
+    # sum_i KL(Bern(gamma_i) || Bern(lam_i)); with hard gates and one lam, a count of the open gates
+    small = _compact(lam)
+    if q.hard_gates and small.numel() == 1 and not lam.requires_grad:
+        ends = _bernoulli_kl(torch.tensor([1.0, 0.0], dtype=lam.dtype, device=lam.device), small.reshape(1))
+        gate = q.gate_probs
+        opened = _compact(gate).sum() * (gate.numel() // _compact(gate).numel())
+        return opened * ends[0] + (gate.numel() - opened) * ends[1]
+    return _BernoulliKL.apply(q.gate_probs, lam).sum()
+
+
+def summed_kl(q, p):
+    """
+    ``kl_divergence(q, p)`` summed over every weight, as one scalar, for an
+    :class:`AnchoredSparseGMM` ``q`` (possibly in ``Independent``) against a
+    :class:`SpikeSlab` or :class:`~torch.distributions.Normal` ``p`` wrapped
+    alike; ``None`` for other pairs. Nothing per weight is built where
+    :func:`~sqs_pyro.soft_quantize.component_sums` can avoid it (hard gates, one-hot
+    weights), and the Bernoulli part of hard gates is a count. Equal to the sum
+    of the registered KL up to the order of the additions (values and gradients).
+
+    Example::
+
+        >>> from torch.distributions import kl_divergence
+        >>> anchor = torch.tensor([-0.9, 0.1, 1.2])
+        >>> q = AnchoredSparseGMM(torch.tensor([1.0, 0.0, 1.0]), anchor, torch.tensor([-1.0, 1.0]),
+        ...                       torch.tensor([0.2, 0.2]), torch.zeros(2), 1e-3, hard_gates=True)
+        >>> p = SpikeSlab(0.01).expand([3])
+        >>> torch.allclose(summed_kl(q, p), kl_divergence(q, p).sum())
+        True
+    """
+    q, q_ndims = _unwrap(q)
+    p, p_ndims = _unwrap(p)
+    if not isinstance(q, AnchoredSparseGMM) or q_ndims != p_ndims:
+        return None
+    if isinstance(p, SpikeSlab):
+        bernoulli, slab = _bernoulli_total(q, p.inclusion_prob), p._base_slab
+    elif isinstance(p, Normal):
+        bernoulli, slab = 0.0, p
+    else:
+        return None
+    slab = _small_slab(slab)
+    if q.group_index is not None and slab.batch_shape:
+        return None  # a slab per weight does not fit the (G, K) tables: the registered KL
+    locs, scales, _ = q._codebook
+    (mixture,) = q.sums(component_kl(locs, scales, slab), gate=q.gate_probs)
+    return bernoulli + mixture

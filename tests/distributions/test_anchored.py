@@ -187,3 +187,33 @@ def test_soft_weights_are_the_ones_between_two_components():
     assert q.soft_weights().tolist() == [2]
     hot = AnchoredSparseGMM(torch.ones(5), anchor, locs, scales, logits, 10.0)  # phi far from one-hot
     assert hot.soft_weights().tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("table", [False, True])
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("prior", ["spike-slab", "normal"])
+def test_summed_kl_equals_the_registered_kl_summed(table, hard, prior):
+    # anchored.summed_kl (one pass per site; a count for the Bernoulli KL of hard gates) against the
+    # per-weight registered KL it replaces in the ELBO, values and gradients
+    p = _params(table, shape=(40, 30), K=8, tau=1e-3, seed=4)
+    gate = (p["gate"] > 0.5).double() if hard else p["gate"]
+    locs, scales, logits = (t.clone().requires_grad_() for t in p["codebook"])
+    anchor = p["anchor"].clone().requires_grad_()
+    prior_fn = (SpikeSlab(torch.tensor(0.2, dtype=torch.float64), dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
+                if prior == "spike-slab" else dist.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0))
+    prior_fn = prior_fn.expand(anchor.shape).to_event(2)
+    results = []
+    for fast in (False, True):
+        q = AnchoredSparseGMM(gate, anchor, locs, scales, logits, p["tau"], group_index=p["index"],
+                              hard_gates=hard).to_event(2)
+        kl = anchored.summed_kl(q, prior_fn) if fast else kl_divergence(q, prior_fn)
+        results.append((kl,) + torch.autograd.grad(kl, (anchor, locs, scales, logits)))
+    for before, after in zip(*results):
+        torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-10)
+
+
+def test_summed_kl_declines_other_pairs():
+    p = _params(False)
+    q = AnchoredSparseGMM(p["gate"], p["anchor"], *p["codebook"], p["tau"])
+    assert anchored.summed_kl(q, dist.Laplace(0.0, 1.0).expand(q.batch_shape).to_event(2)) is None
+    assert anchored.summed_kl(q.to_event(2), SpikeSlab(0.1).expand(q.batch_shape).to_event(1)) is None
