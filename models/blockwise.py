@@ -158,11 +158,16 @@ class BlockData:
         return sum(t.numel() * t.element_size() for t in (self.inputs, self.targets))
 
 
+class _StopForward(Exception):
+    """Raised by the hook of the last recorded layer: the rest of the teacher's pass is not needed."""
+
+
 class _Recorder:
     """Forward hooks of one layer: its inputs, keyword arguments and outputs, batch by batch."""
 
-    def __init__(self, layer, store_dtype):
+    def __init__(self, layer, store_dtype, last=False):
         self.store_dtype = store_dtype
+        self.last = last
         self.inputs, self.targets, self.kwargs = [], [], []
         self.handles = [layer.register_forward_pre_hook(self.pre, with_kwargs=True),
                         layer.register_forward_hook(self.post)]
@@ -176,6 +181,8 @@ class _Recorder:
     def post(self, module, args, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
         self.targets.append(out.detach().to(self.store_dtype))
+        if self.last:
+            raise _StopForward
 
     def remove(self):
         for h in self.handles:
@@ -233,7 +240,8 @@ def capture_block_data(net, data, blocks=None, *, batch_size=4, store_dtype=None
     """
     The teacher's inputs and outputs of decoder layers, captured by forward hooks
     in one pass of ``net`` over the calibration ``data`` (``get(idx) -> (x, y)``,
-    e.g. :class:`~sqs_pyro.data.tokenized.TokenWindows`).
+    e.g. :class:`~sqs_pyro.data.tokenized.TokenWindows`), stopped after the last
+    recorded layer.
 
     :param blocks: indices of the layers to record (default: all).
     :param int batch_size: windows per teacher forward pass.
@@ -243,18 +251,23 @@ def capture_block_data(net, data, blocks=None, *, batch_size=4, store_dtype=None
     :returns: ``{index: BlockData}``.
     """
     _, layers = decoder_layers(net)
-    blocks = range(len(layers)) if blocks is None else list(blocks)
+    blocks = list(range(len(layers))) if blocks is None else list(blocks)
+    if not blocks:
+        return {}
     dtype = next(net.parameters()).dtype
-    recorders = {i: _Recorder(layers[i], store_dtype or dtype) for i in blocks}
+    recorders = {i: _Recorder(layers[i], store_dtype or dtype, last=i == max(blocks)) for i in blocks}
     was_training = net.training
     net.eval()
     try:
         for start in range(0, len(data), batch_size):
             x, _ = data.get(torch.arange(start, min(start + batch_size, len(data))))
-            if forward is not None:
-                forward(net, x)
-            else:
-                net(**x, use_cache=False)
+            try:
+                if forward is not None:
+                    forward(net, x)
+                else:
+                    net(**x, use_cache=False)
+            except _StopForward:
+                pass
     finally:
         net.train(was_training)
         for r in recorders.values():

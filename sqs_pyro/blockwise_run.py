@@ -35,6 +35,7 @@ Example::
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -78,7 +79,8 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     :class:`~sqs_pyro.trainer.SQSTrainer` (checkpoints in ``out_dir/block_NNN``)
     and write its greedy MAP weights to :func:`block_file`.
 
-    :returns: a dict of facts about the fit (steps, seconds, scale, first and last log rows).
+    :returns: a dict of facts about the fit (steps, seconds, scale, relative error of the first and last
+        logged steps (:func:`_relative_error`, on that step's minibatch), first and last log rows).
     """
     from sqs_pyro.guides import SQSGuide, hard_assignment
     from sqs_pyro.models.blockwise import block_model
@@ -99,11 +101,23 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
             for name, ct in hard_assignment(model, guide, codebook_dtype=getattr(torch, codebook_dtype)).items()
         }
     scale = model.likelihood.scale
+    rel = {f"relative_error_{k}": _relative_error(row, scale, data.targets.numel())
+           for k, row in (("first", state.history[0] if state.history else None),
+                          ("last", state.history[-1] if state.history else None)) if row is not None}
     save(block_file(out_dir, index), compressed, {}, codebook_dtype=codebook_dtype,
          metadata={"block": index, "scale": scale, "steps": state.step})
     return {"block": index, "steps": state.step, "seconds": time.perf_counter() - start, "scale": scale,
-            "sites": len(compressed), "first_log": state.history[0] if state.history else None,
+            "sites": len(compressed), **rel, "first_log": state.history[0] if state.history else None,
             "last_log": state.history[-1] if state.history else None}
+
+
+def _relative_error(row, scale, numel):
+    """
+    The student's squared error on the teacher's outputs relative to ``scale^2``, from a log row's data term
+    (the Gaussian log-likelihood of every output value, at the posterior mean): with the default scale, the
+    fraction of the teacher layer's update ``h_{l+1} - h_l`` (its mean square) the block does not reproduce.
+    """
+    return -2 * (row["data"] + numel * (math.log(scale) + 0.5 * math.log(2 * math.pi))) / numel
 
 
 def _check_settings(out_dir, settings, resume, rank):
