@@ -6,8 +6,8 @@ its own SVI run and checkpoints, the results gathered into one compressed file.
 Blocks are independent given the teacher's inputs, so under ``torchrun`` each
 process takes a contiguous slice of the blocks (:func:`assign_blocks`), trains
 them alone (no DDP: ``SQSTrainer(data_parallel=False)``) and process 0 gathers
-the finished blocks (their files' bytes, over the process group: no shared
-file system needed) into the file. Each block is seeded by ``(seed, block)``
+the finished blocks (their files' bytes, sent over the process group: no
+shared file system needed) into the file. Each block is seeded by ``(seed, block)``
 and its teacher data computed the same way whatever the process count, so 1
 and N processes write the same file.
 
@@ -184,7 +184,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
             if log is not None:
                 log(info)
     if world > 1:
-        _gather_files(out_dir, mine, rank, world)
+        _gather_files(out_dir, blocks, rank, world)
     if rank != 0:
         return None
     compressed = {}
@@ -193,24 +193,32 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     return compressed
 
 
-def _gather_files(out_dir, mine, rank, world):
-    """Process 0 receives the bytes of every other process's block files and writes those it lacks."""
-    payload = {}
-    for index in mine:
-        with open(block_file(out_dir, index), "rb") as f:
-            payload[index] = f.read()
-    received = [None] * world if rank == 0 else None
-    dist.gather_object(payload, received, dst=0)
+def _gather_files(out_dir, blocks, rank, world):
+    """
+    Process 0 receives the bytes of every other process's block files (point to point, as uint8 tensors: no
+    pickle) and writes those it lacks or holds different. Which blocks a process holds is
+    :func:`assign_blocks`'s, known to all.
+    """
     if rank == 0:
-        for part in received[1:]:
-            for index, data in part.items():
-                path = block_file(out_dir, index)
+        for src in range(1, world):
+            for index in (blocks[i] for i in assign_blocks(len(blocks), src, world)):
+                size = torch.zeros((), dtype=torch.int64)
+                dist.recv(size, src=src)
+                data = torch.empty(int(size), dtype=torch.uint8)
+                dist.recv(data, src=src)
+                data, path = data.numpy().tobytes(), block_file(out_dir, index)
                 if os.path.exists(path):
                     with open(path, "rb") as f:
                         if f.read() == data:
                             continue
                 with atomic_write(path, "wb") as f:
                     f.write(data)
+    else:
+        for index in (blocks[i] for i in assign_blocks(len(blocks), rank, world)):
+            with open(block_file(out_dir, index), "rb") as f:
+                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            dist.send(torch.tensor(data.numel(), dtype=torch.int64), dst=0)
+            dist.send(data, dst=0)
     dist.barrier()
 
 
