@@ -38,6 +38,7 @@ import json
 import math
 import os
 import time
+import warnings
 
 import pyro
 import torch
@@ -46,7 +47,8 @@ import torch.distributed as dist
 from sqs_pyro.export import load, save
 from sqs_pyro.io import atomic_write
 
-__all__ = ["apply_compressed", "assign_blocks", "block_file", "compress_block", "compress_blocks", "whole_model_pass"]
+__all__ = ["apply_compressed", "assign_blocks", "block_file", "compress_block", "compress_blocks", "spec_blocks",
+           "whole_model_pass"]
 
 
 def assign_blocks(num_blocks, rank, world):
@@ -120,6 +122,24 @@ def _relative_error(row, scale, numel):
     return -2 * (row["data"] + numel * (math.log(scale) + 0.5 * math.log(2 * math.pi))) / numel
 
 
+def spec_blocks(net, prior_spec):
+    """The decoder layers of ``net`` in which ``prior_spec`` compresses a weight (warns about weights outside them)."""
+    from sqs_pyro.models.blockwise import decoder_layers
+    from sqs_pyro.prior_spec import PriorSpec
+
+    prefix, _ = decoder_layers(net)
+    blocks, outside = set(), []
+    for name in PriorSpec.coerce(prior_spec).resolve(net):
+        if name.startswith(prefix + "."):
+            blocks.add(int(name[len(prefix) + 1 :].split(".")[0]))
+        else:
+            outside.append(name)
+    if outside:
+        warnings.warn(f"the prior spec compresses {len(outside)} weights outside the decoder layers ({outside[:3]}): "
+                      "block-wise compression leaves them dense; a whole-model pass compresses them")
+    return sorted(blocks)
+
+
 def _check_settings(out_dir, settings, resume, rank):
     path = os.path.join(out_dir, "blockwise_settings.json")
     settings = json.loads(json.dumps(settings, default=str))
@@ -150,7 +170,9 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     :param calib: calibration windows (``get(idx) -> (x, y)``, e.g. :class:`~sqs_pyro.data.tokenized.TokenWindows`).
     :param prior_spec: the whole model's prior spec (resolved on each block at its place).
     :param cfg: a :class:`~sqs_pyro.config.CompressConfig`; ``epochs`` over the calibration windows, per block.
-    :param blocks: the decoder layers to compress (default: all).
+    :param blocks: the decoder layers to compress (default: every layer the spec compresses a weight of;
+        weights the spec compresses outside the decoder layers are left dense, with a warning, unless a
+        :func:`whole_model_pass` follows).
     :param float scale: the likelihood's scale (default: each block's update RMS, see
         :mod:`sqs_pyro.models.blockwise`).
     :param int capture_blocks: blocks whose teacher data one pass of the teacher
@@ -158,11 +180,10 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     :param callable log: ``log(dict)`` after every block (e.g. ``print``).
     :returns: on process 0, ``name -> CompressedTensor`` of every block's weights; ``None`` elsewhere.
     """
-    from sqs_pyro.models.blockwise import capture_block_data, decoder_layers
+    from sqs_pyro.models.blockwise import capture_block_data
 
     rank, world = _world()
-    _, layers = decoder_layers(net)
-    blocks = list(range(len(layers))) if blocks is None else sorted(int(b) for b in blocks)
+    blocks = spec_blocks(net, prior_spec) if blocks is None else sorted(int(b) for b in blocks)
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"blocks": blocks, "cfg": dataclasses.asdict(cfg), "prior_spec": prior_spec,
                               "batch_size": batch_size, "seed": seed, "scale": scale, "windows": len(calib),

@@ -88,3 +88,14 @@ def test_whole_model_pass_starts_from_the_blocks(tmp_path):
     for name, ct in blocks.items():
         assert torch.equal(compressed[name].to_dense(), ct.to_dense()), name
         assert torch.equal(greedy.get_parameter(name), ct.to_dense())
+
+
+def test_spec_blocks():
+    from sqs_pyro.blockwise_run import spec_blocks
+    from sqs_pyro.models.transformers import default_prior_spec
+
+    net, *_ = tiny_setup()
+    assert spec_blocks(net, default_prior_spec(net)) == [0, 1, 2]
+    assert spec_blocks(net, default_prior_spec(net, exclude=[r"re:model\.layers\.1\..*"])) == [0, 2]
+    with pytest.warns(UserWarning, match="outside the decoder layers"):
+        assert spec_blocks(net, default_prior_spec(net, include=["lm_head"])) == [0, 1, 2]
