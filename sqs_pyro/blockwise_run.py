@@ -34,6 +34,7 @@ Example::
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -140,6 +141,15 @@ def spec_blocks(net, prior_spec):
     return sorted(blocks)
 
 
+def _fingerprint(calib):
+    """The calibration windows' count and, for token windows, the sha256 of their tokens."""
+    tokens = getattr(calib, "tokens", None)
+    if not torch.is_tensor(tokens):
+        return {"windows": len(calib)}
+    return {"windows": len(calib), "shape": list(tokens.shape),
+            "sha256": hashlib.sha256(tokens.contiguous().cpu().numpy().tobytes()).hexdigest()}
+
+
 def _check_settings(out_dir, settings, resume, rank):
     path = os.path.join(out_dir, "blockwise_settings.json")
     settings = json.loads(json.dumps(settings, default=str))
@@ -186,7 +196,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     blocks = spec_blocks(net, prior_spec) if blocks is None else sorted(int(b) for b in blocks)
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"blocks": blocks, "cfg": dataclasses.asdict(cfg), "prior_spec": prior_spec,
-                              "batch_size": batch_size, "seed": seed, "scale": scale, "windows": len(calib),
+                              "batch_size": batch_size, "seed": seed, "scale": scale, "calibration": _fingerprint(calib),
                               "codebook_dtype": codebook_dtype,
                               "store_dtype": str(store_dtype)}, resume, rank)
     if world > 1:
