@@ -62,7 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=1e-3)
     p.add_argument("--sparsity", type=float, default=0.0, help="target sparsity per block (cubic schedule)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="Adam learning rate (SmolLM2 layer 0, 100 steps: relative error 0.80%% at 1e-4, 0.70%% at "
+                        "1e-3, 17.9%% at 1e-2)")
     p.add_argument("--gate-lr", type=float, default=0.0)
     p.add_argument("--scale", type=float, help="likelihood scale (default: each block's teacher update RMS)")
     p.add_argument("--final-steps", type=int, default=0, help="steps of a whole-model pass after the blocks (0: none)")
