@@ -140,10 +140,14 @@ class SQSTrainer:
     :param str out_dir: run directory (``checkpoint.pt``, ``log.jsonl``).
     :param int batch_size: global batch size (split over DDP processes).
     :param callable to_device: moves a batch ``(x, y)`` to the device.
+    :param bool data_parallel: split each batch over the processes of an initialized
+        ``torch.distributed`` group (DDP). ``None`` (default): whenever a group is
+        initialized; ``False``: this process trains alone even under ``torchrun``
+        (what :mod:`sqs_pyro.models.blockwise` does, one block per process).
     """
 
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
-                 progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl"):
+                 progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl", data_parallel=None):
         cfg = cfg.resolved()  # the recipe's choices filled in (sqs_pyro.recipes)
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
         straight_through = cfg.anchors == "straight-through"
@@ -166,7 +170,7 @@ class SQSTrainer:
         self.checkpoint_path = os.path.join(out_dir, checkpoint_name)
         self.log_path = os.path.join(out_dir, log_name)
         self.elbo = SQSELBO(plug_in=cfg.plug_in, kl_weight=cfg.kl_weight)
-        self.distributed = dist.is_available() and dist.is_initialized()
+        self.distributed = dist.is_available() and dist.is_initialized() and data_parallel is not False
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         if self.batch_size % self.world:

@@ -86,3 +86,18 @@ def test_qwen2_roundtrip_smoke(tmp_path):
     assert results["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert len(results["generated_tokens"]) == len("the model ") + 16
     assert os.path.getsize(tmp_path / "qwen2.sqs.ec.safetensors") <= os.path.getsize(tmp_path / "qwen2.sqs.safetensors")
+
+
+def test_llama_blockwise_smoke_and_resume(tmp_path):
+    argv = ["--smoke", "-K", "4", "--sparsity", "0.5", "--steps", "4", "--out", str(tmp_path)]
+    first = _example("llama_blockwise").main(argv)
+    assert [b["block"] for b in first["blocks"]] == [0, 1]
+    assert 1 < first["perplexity"] < 1e4 and 1 < first["base_perplexity"] < 1e4
+    assert first["sparsity"] == pytest.approx(0.5, abs=0.05) and 0 < first["bits_per_weight"] < 32
+    assert first["file_bytes"] == os.path.getsize(tmp_path / "model.sqs.safetensors")
+    assert json.loads((tmp_path / "llama_blockwise_smoke.json").read_text())["perplexity"] == first["perplexity"]
+    again = _example("llama_blockwise").main(argv + ["--resume"])
+    assert again["blocks"] == []  # every block finished: nothing is fitted again
+    assert again["perplexity"] == first["perplexity"]
+    final = _example("llama_blockwise").main(argv + ["--resume", "--final-steps", "2"])
+    assert final["final_pass_seconds"] > 0 and final["perplexity"] > 1
