@@ -361,9 +361,10 @@ def _one_hot_codes(book, anchor, chunk, threshold, cache):
         return cache["codes"], cache["soft"]
     codes = torch.empty(anchor.numel(), dtype=torch.int32, device=anchor.device)
     chunks = _chunks(anchor.numel(), chunk)
-    # the cell tables pay off when they are smaller than the weights (not with thousands of small groups,
-    # e.g. one per output channel: there each weight's O(K) check below is cheaper than G * cells)
-    cheap = book.groups * _CELLS * _REFINE <= anchor.numel()
+    # the cell tables pay off for a few groups, or when they are smaller than the weights; not with thousands
+    # of small groups (one per output channel: 7 s for 1536 x 576 weights), where each weight's O(K) check
+    # below is much cheaper
+    cheap = book.groups <= ONE_HOT_GROUPS or book.groups * _CELLS * _REFINE <= anchor.numel()
     cells = _Cells(book, anchor, threshold) if (book.shared or book.index is not None) and cheap else None
     if cells is not None and cells.valid:
         # most weights fall in certified cells; look at the others one by one
