@@ -54,7 +54,8 @@ class Grouping:
         self.kind = kind
         self.group_size = None if group_size is None else int(group_size)
         if self.group_size is not None and self.group_size * self.num_groups != self.shape.numel():
-            raise ValueError(f"{self.num_groups} groups of {self.group_size} weights do not cover shape {tuple(self.shape)}")
+            raise ValueError(
+                f"{self.num_groups} groups of {self.group_size} weights do not cover shape {tuple(self.shape)}")
 
     @classmethod
     def layer(cls, shape):
@@ -116,4 +117,5 @@ def build_grouping(weight, settings):
         return equal_windows(weight, settings.blocks)
     if settings.window == "outlier":
         return outlier_windows(weight, settings.blocks, settings.outlier_factor, tails=settings.tails)
-    raise ValueError(f"unknown window strategy {settings.window!r}: use 'layer', 'equal', 'outlier', 'channel' or 'columns'")
+    raise ValueError(
+        f"unknown window strategy {settings.window!r}: use 'layer', 'equal', 'outlier', 'channel' or 'columns'")

@@ -428,7 +428,8 @@ def _manifest_from_header(path, header):
     version = header.get("format_version")
     if version not in {str(v) for v in READ_VERSIONS}:
         raise CompressedFileError(
-            f"{path}: format version {version!r} is not supported (this sqs-pyro reads versions {', '.join(map(str, READ_VERSIONS))}); "
+            f"{path}: format version {version!r} is not supported (this sqs-pyro reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}); "
             "use the sqs-pyro release that wrote it or export again"
         )
     try:
