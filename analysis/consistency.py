@@ -523,7 +523,7 @@ def _evaluate(config, job, model, guide, pretrained, teacher, relevant, x_test, 
     codebooks, recovery, nonzero = [], [], []
     for name, tw in zip(names, teacher_layers):
         ct = hard[name]
-        used = sorted(set(ct.codebook[ct.codebook_index().unique()].tolist())) if ct.codes.numel() else []
+        used = sorted(set(ct.codebook[ct.codes.unique()].tolist())) if ct.codes.numel() else []
         codebooks.append(used)
         recovery.append(codebook_recovery(sorted(set(tw[tw != 0].tolist())), used))
         nonzero.append(int(ct.mask.sum()))
