@@ -255,7 +255,7 @@ def plot_codebook_usage(model, guide, layers=None, *, max_layers=12, path=None):
         ax = axes.flat[i]
         ct = hard[name]
         g, k = guide.params_of(name).locs.shape
-        counts = np.bincount(ct.codes.numpy().astype(int), minlength=g * k)
+        counts = np.bincount(ct.codebook_index().numpy().astype(int), minlength=g * k)
         colors = [cmap[(c // k) % len(cmap)] for c in range(g * k)]
         ax.bar(np.arange(g * k), counts, color=colors)
         labels = [f"{v:.2g}" for v in ct.codebook.numpy()]

@@ -4,8 +4,11 @@ Groups: which weights of a compressed tensor share one Gaussian mixture.
 A :class:`Grouping` partitions the weights of one site into ``G`` groups. Each
 group has its own codebook ``mu_g``, stds ``sigma_g`` and mixing weights
 ``pi_g`` in the guide. A whole layer is one group; windows (method.md §5) are
-several. The guide only ever calls :meth:`Grouping.gather` and
-:meth:`Grouping.members`, so new window strategies slot in without touching it.
+several; so are the *positional* groupings of LLM quantizers
+(:mod:`sqs_pyro.guides.channels`): one group per output channel, or per block of
+``group_size`` input columns of each output channel. The guide only ever calls
+:meth:`Grouping.gather`, :meth:`Grouping.members` and (positional groupings)
+:meth:`Grouping.matrix`, so new window strategies slot in without touching it.
 
 Example::
 
@@ -28,10 +31,16 @@ class Grouping:
     :param int num_groups: number of groups ``G``.
     :param torch.Tensor full_precision: optional bool tensor of ``shape``; weights
         marked ``True`` are kept at full precision (not quantized, not pruned).
-    :param str kind: a label for reports (``"layer"``, ``"equal"``, ``"outlier"``).
+    :param str kind: a label for reports (``"layer"``, ``"equal"``, ``"outlier"``,
+        ``"channel"``, ``"columns"``).
+    :param int group_size: for positional groupings only: the weight, viewed as
+        ``(shape[0], prod(shape[1:]))``, is cut into runs of ``group_size``
+        consecutive columns of a row, group ``g`` being the ``g``-th run in
+        row-major order (so ``G = numel / group_size``). The group of a weight
+        is then a function of its position, which the export stores for free.
     """
 
-    def __init__(self, shape, index=None, num_groups=1, full_precision=None, kind="layer"):
+    def __init__(self, shape, index=None, num_groups=1, full_precision=None, kind="layer", group_size=None):
         self.shape = torch.Size(shape)
         if index is not None:
             if index.shape != self.shape:
@@ -43,6 +52,10 @@ class Grouping:
         self.num_groups = int(num_groups)
         self.full_precision = full_precision
         self.kind = kind
+        self.group_size = None if group_size is None else int(group_size)
+        if self.group_size is not None and self.group_size * self.num_groups != self.shape.numel():
+            raise ValueError(
+                f"{self.num_groups} groups of {self.group_size} weights do not cover shape {tuple(self.shape)}")
 
     @classmethod
     def layer(cls, shape):
@@ -57,6 +70,15 @@ class Grouping:
         if self.index is None:
             return param.reshape((1,) * len(self.shape) + param.shape[-1:])
         return param[self.index]
+
+    def matrix(self, weight):
+        """
+        A positional grouping's weights as a ``(G, group_size)`` matrix (a view
+        when ``weight`` is contiguous): row ``g`` holds group ``g``'s weights.
+        """
+        if self.group_size is None:
+            raise ValueError(f"{self!r} is not positional: use members()")
+        return weight.reshape(self.num_groups, self.group_size)
 
     def members(self, weight):
         """The weights of each group (1-d tensors), in group order, excluding full-precision ones."""
@@ -77,14 +99,23 @@ class Grouping:
 def build_grouping(weight, settings):
     """
     The grouping a :class:`~sqs_pyro.PriorSettings` asks for: ``window="layer"``,
-    ``"equal"`` or ``"outlier"`` (method.md §5).
+    ``"equal"`` or ``"outlier"`` (method.md §5), ``"channel"`` or ``"columns"``
+    (:mod:`sqs_pyro.guides.channels`).
     """
     if settings.window == "layer":
         return Grouping.layer(weight.shape)
+    if settings.window in ("channel", "columns"):
+        from .channels import channel_groups, column_groups
+
+        outliers = settings.outlier_factor if settings.tails == "full" else None
+        if settings.window == "channel":
+            return channel_groups(weight, outlier_factor=outliers)
+        return column_groups(weight, settings.group_size, outlier_factor=outliers)
     from .windows import equal_windows, outlier_windows
 
     if settings.window == "equal":
         return equal_windows(weight, settings.blocks)
     if settings.window == "outlier":
         return outlier_windows(weight, settings.blocks, settings.outlier_factor, tails=settings.tails)
-    raise ValueError(f"unknown window strategy {settings.window!r}: use 'layer', 'equal' or 'outlier'")
+    raise ValueError(
+        f"unknown window strategy {settings.window!r}: use 'layer', 'equal', 'outlier', 'channel' or 'columns'")

@@ -50,6 +50,10 @@ def hard_assignment(model, guide, *, prune="posterior", codebook_dtype=torch.flo
     The greedy MAP weights of every compressed site as
     :class:`~sqs_pyro.export.CompressedTensor` (codebook, codes, mask).
 
+    Weights the grouping keeps at full precision (``tails="full"``) are stored
+    as outliers with their anchor values; positional groupings store group-local
+    codes (:attr:`~sqs_pyro.export.CompressedTensor.group_size`).
+
     :param str prune: ``"posterior"`` (default) prunes the masked weights and
         every weight with ``gamma < 0.5`` (sparsity emerging from the posterior;
         under the paper's schedule survivors keep ``gamma ~ 1``, so this equals
@@ -66,17 +70,24 @@ def hard_assignment(model, guide, *, prune="posterior", codebook_dtype=torch.flo
         g = p.grouping
         k = responsibility_logits(site.anchor, g.gather(p.locs), g.gather(p.scales), g.gather(p.logits)).argmax(-1)
         num_components = p.locs.shape[-1]
-        codes = k if g.index is None else g.index * num_components + k
+        # positional groups (per channel / column block): the position gives the group, a code is k alone
+        codes = k if g.index is None or g.group_size is not None else g.index * num_components + k
         keep = _keep(p, prune)
+        outlier_index = outlier_values = None
+        if g.full_precision is not None:  # kept exactly, as sparse full-precision entries
+            keep = keep & ~g.full_precision
+            outlier_index = g.full_precision.reshape(-1).nonzero().squeeze(1).cpu()
+            outlier_values = site.anchor.detach().reshape(-1)[outlier_index.to(site.anchor.device)].cpu()
         codebook = p.locs.detach().reshape(-1).to(codebook_dtype).float()
         out[name] = CompressedTensor(
             shape=tuple(site.anchor.shape),
             codebook=codebook.cpu(),
             codes=codes[keep].cpu(),
             mask=keep.cpu(),
-            outlier_index=None,
-            outlier_values=None,
+            outlier_index=outlier_index,
+            outlier_values=outlier_values,
             num_components=num_components,
+            group_size=g.group_size,
         )
     return out
 

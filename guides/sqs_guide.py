@@ -53,22 +53,66 @@ from sqs_pyro.distributions.anchored import AnchoredSparseGMM
 from sqs_pyro.soft_quantize import component_probs
 
 from .groups import build_grouping
-from .kmeans import kmeans_1d
+from .kmeans import kmeans_1d, kmeans_groups
+
+
+def _codebooks(anchor, grouping, num_components, sensitivity=None, keep=None):
+    """
+    K-means codebooks ``(locs, scales, weights)``, each ``(G, K)``, of every group
+    of ``anchor``'s weights with ``keep`` (default: all but the full-precision
+    ones), weighted by ``sensitivity`` when given; also which groups had any such
+    weight. Positional groupings go through one vectorised :func:`kmeans_groups`.
+    """
+    anchor = anchor.detach()
+    if grouping.group_size is not None:
+        if grouping.full_precision is not None:
+            keep = ~grouping.full_precision if keep is None else keep & ~grouping.full_precision
+        w = None if sensitivity is None else sensitivity.detach().to(torch.float64)
+        if keep is not None:
+            w = keep.to(torch.float64) if w is None else w * keep
+        x = grouping.matrix(anchor)
+        w = None if w is None else grouping.matrix(w)
+        init = kmeans_groups(x, num_components, weights=w)
+        present = torch.ones(grouping.num_groups, dtype=torch.bool) if w is None else (w > 0).any(1).cpu()
+        return init.locs, init.scales, init.weights, present
+    members = grouping.members(anchor)
+    sens = [None] * len(members) if sensitivity is None else grouping.members(sensitivity.detach())
+    kept = [None] * len(members) if keep is None else grouping.members(keep)
+    inits, present = [], []
+    for m, s, k in zip(members, sens, kept):
+        if k is not None:
+            m, s = m[k], None if s is None else s[k]
+        present.append(m.numel() > 0 and (s is None or bool((s > 0).any())))
+        if not present[-1]:  # a placeholder, not used
+            m, s = anchor.reshape(-1)[:1], None
+        inits.append(kmeans_1d(m, num_components) if s is None else kmeans_groups(m, num_components, weights=s))
+    stack = lambda i: torch.stack([init[i] for init in inits])  # noqa: E731
+    return stack(0), stack(1), stack(2), torch.tensor(present)
 
 
 class SiteParams(PyroModule):
-    """Variational parameters of one compressed site (a weight tensor)."""
+    """
+    Variational parameters of one compressed site (a weight tensor).
 
-    def __init__(self, anchor, grouping, settings, hard_gates=False):
+    :param torch.Tensor sensitivity: optional non-negative per-weight importance
+        (e.g. the diagonal Fisher of :func:`~sqs_pyro.guides.fisher.diagonal_fisher`):
+        the codebooks are then initialized (and refitted) by k-means weighted by it.
+    """
+
+    def __init__(self, anchor, grouping, settings, hard_gates=False, sensitivity=None):
         super().__init__()
         self.grouping = grouping
         self.settings = settings
         self.hard_gates = bool(hard_gates)
         num_components = settings.num_components
-        inits = [kmeans_1d(members, num_components) for members in grouping.members(anchor.detach())]
-        locs = torch.stack([i.locs for i in inits]).to(anchor)
-        scales = torch.stack([i.scales for i in inits]).to(anchor)
-        weights = torch.stack([i.weights for i in inits]).to(anchor)
+        if sensitivity is not None:
+            if sensitivity.shape != anchor.shape:
+                raise ValueError(f"sensitivity has shape {tuple(sensitivity.shape)}, the weight {tuple(anchor.shape)}")
+            self.register_buffer("sensitivity", sensitivity.detach().to(anchor))
+        else:
+            self.sensitivity = None
+        locs, scales, weights, _ = _codebooks(anchor, grouping, num_components, self.sensitivity)
+        locs, scales, weights = locs.to(anchor), scales.to(anchor), weights.to(anchor)
         self.locs = PyroParam(locs, event_dim=2)
         self.scales = PyroParam(scales, constraint=constraints.positive, event_dim=2)
         self.logits = PyroParam(weights.log(), event_dim=2)
@@ -99,13 +143,12 @@ class SiteParams(PyroModule):
         for the weights that remain after pruning.
         """
         locs, scales, logits = (t.detach().clone() for t in (self.locs, self.scales, self.logits))
-        groups = zip(self.grouping.members(anchor.detach()), self.grouping.members(self.mask))
-        for g, (members, keep) in enumerate(groups):
-            survivors = members[keep]
-            if survivors.numel() == 0:
-                continue
-            init = kmeans_1d(survivors, locs.shape[-1])
-            locs[g], scales[g], logits[g] = init.locs, init.scales, init.weights.log()
+        new_locs, new_scales, new_weights, present = _codebooks(anchor, self.grouping, locs.shape[-1],
+                                                                self.sensitivity, keep=self.mask)
+        present = present.to(locs.device)
+        locs[present] = new_locs.to(locs)[present]
+        scales[present] = new_scales.to(scales)[present]
+        logits[present] = new_weights.to(logits)[present].log()
         self.locs, self.scales, self.logits = locs, scales, logits  # PyroModule: sets the parameters' values
 
     def component_probs(self, anchor, tau=None):
@@ -131,16 +174,30 @@ class SQSGuide(AutoMessenger):
     :param str gates: ``"learned"`` (``gamma = sigmoid(rho / s)``) or ``"hard"``
         (``gamma`` = the mask; see the module docstring).
     :param bool straight_through: straight-through gradients to the anchors.
+    :param dict sensitivity: optional ``name -> per-weight importance`` (e.g.
+        :func:`~sqs_pyro.guides.fisher.diagonal_fisher`): those sites' codebooks
+        start from (and are refitted by) k-means weighted by it; a site whose
+        settings say ``init="fisher"`` must have one.
     """
 
     GATES = ("learned", "hard")
 
-    def __init__(self, model, *, groupings=None, gates="learned", straight_through=False, amortized_plates=()):
+    def __init__(self, model, *, groupings=None, gates="learned", straight_through=False, amortized_plates=(),
+                 sensitivity=None):
         super().__init__(model, amortized_plates=amortized_plates)
-        groupings = groupings or {}
+        groupings, sensitivity = groupings or {}, sensitivity or {}
+        unknown = set(sensitivity) - set(model.sites)
+        if unknown:
+            raise ValueError(f"sensitivity given for {sorted(unknown)}, which are not compressed sites")
         for name, site in model.sites.items():
+            if site.settings.init == "fisher" and name not in sensitivity:
+                raise ValueError(
+                    f"site {name!r} asks for init='fisher' but no sensitivity was given for it: pass "
+                    "SQSGuide(..., sensitivity=diagonal_fisher(...)) (sqs_pyro.guides.fisher), or use init='kmeans'"
+                )
             grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings)
-            deep_setattr(self, "site_params." + name, SiteParams(site.anchor, grouping, site.settings))
+            params = SiteParams(site.anchor, grouping, site.settings, sensitivity=sensitivity.get(name))
+            deep_setattr(self, "site_params." + name, params)
         self.configure(gates=gates, straight_through=straight_through)
 
     def configure(self, *, gates=None, straight_through=None):

@@ -107,7 +107,7 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "compress": CompressConfi
 _CHOICES = {
     ("compress", "plug_in"): ("mean", "sample"),
     ("compress", "pruning"): ("cubic", "posterior", "none"),
-    ("compress", "score"): ("rho", "magnitude", "anchor"),
+    ("compress", "score"): ("rho", "magnitude", "anchor", "wanda"),
     ("compress", "gates"): ("learned", "hard"),
     ("compress", "anchors"): ("frozen", "straight-through"),
     ("compress", "lr_schedule"): ("constant", "cosine"),

@@ -78,7 +78,8 @@ DENSE = "dense"
 AUTO = "auto"
 
 _SLABS = ("normal", "laplace", "studentt")
-_WINDOWS = ("layer", "equal", "outlier")
+_WINDOWS = ("layer", "equal", "outlier", "channel", "columns")
+_INITS = ("kmeans", "fisher")
 _TAILS = ("gmm", "full")
 _FILE_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 
@@ -144,10 +145,12 @@ _CHECKS = {
     "init_rho": _init_rho,
     "window": lambda n, v: _choice(n, v, _WINDOWS),
     "blocks": _positive_int,
+    "group_size": _positive_int,
     "outlier_factor": _positive,
     "tails": lambda n, v: _choice(n, v, _TAILS),
     "train_anchors": _flag,
     "spike": _flag,
+    "init": lambda n, v: _choice(n, v, _INITS),
 }
 
 
@@ -183,10 +186,22 @@ class PriorSettings:
     :param init_rho: initial ρ; ``None`` (or ``"auto"``) means ``5 * gate_temperature``.
     :param str window: groups of a weight tensor: ``"layer"`` (one group),
         ``"equal"`` (``blocks`` equal-count windows of the sorted weights) or
-        ``"outlier"`` (outlier-aware windows, method.md §5; needs ``blocks >= 3``).
+        ``"outlier"`` (outlier-aware windows, method.md §5; needs ``blocks >= 3``),
+        ``"channel"`` (one group per output channel) or ``"columns"`` (one group per
+        output channel and run of ``group_size`` input columns); see
+        :mod:`sqs_pyro.guides.channels`.
     :param int blocks: number of windows.
+    :param int group_size: input columns per group of ``window="columns"``; must
+        divide the layer's number of columns (checked by :meth:`PriorSpec.resolve`).
     :param float outlier_factor: fences at Q1 − f·IQR and Q3 + f·IQR.
-    :param str tails: outlier tails get their own ``"gmm"`` or stay ``"full"`` precision.
+    :param str tails: outlier tails get their own ``"gmm"`` or stay ``"full"``
+        precision; with ``"channel"``/``"columns"``, ``"full"`` keeps each group's
+        weights beyond its own fences as sparse full-precision outliers and
+        ``"gmm"`` keeps none.
+    :param str init: codebook initialization: ``"kmeans"`` on the anchors, or
+        ``"fisher"``, k-means weighted by each weight's diagonal Fisher information
+        (SqueezeLLM; the guide then needs ``sensitivity=``, see
+        :func:`sqs_pyro.guides.fisher.diagonal_fisher`).
     :param bool train_anchors: train the anchors (pretrained weights) too.
     :param bool spike: ``False`` drops the spike: the prior is the plain slab
         ``N(0, σ₀²)`` (the paper's Gaussian-prior ablation; the gate is then a
@@ -211,10 +226,12 @@ class PriorSettings:
     init_rho: Optional[float] = None
     window: str = "layer"
     blocks: int = 4
+    group_size: int = 128
     outlier_factor: float = 5.0
     tails: str = "gmm"
     train_anchors: bool = False
     spike: bool = True
+    init: str = "kmeans"
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -468,6 +485,8 @@ class PriorSpec:
             if isinstance(module.weight, nn.parameter.UninitializedParameter):
                 raise ValueError(f"module {name!r} is an uninitialized lazy module: run a forward pass first")
             seen.add(id(module.weight))
+            if settings.window == "columns":
+                _check_group_size(name, selector, module.weight.shape, settings.group_size)
             result[_param_name(name)] = settings
         if not result:
             raise ValueError(f"{self!r} compresses nothing in {type(net).__name__}; " + _examples(names))
@@ -580,6 +599,21 @@ class PriorSpec:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.to_dict()!r})"
+
+
+def _check_group_size(name, selector, shape, group_size):
+    columns = math.prod(shape[1:]) if len(shape) > 1 else 0
+    if columns and columns % group_size == 0:
+        return
+    if not columns:
+        raise ValueError(f"prior spec rule {selector!r}: window='columns' needs a weight with at least 2 dimensions, "
+                         f"module {name!r} has shape {tuple(shape)}")
+    near = sorted((d for d in range(1, columns + 1) if columns % d == 0), key=lambda d: (abs(d - group_size), d))[:4]
+    raise ValueError(
+        f"prior spec rule {selector!r}: group_size={group_size} does not divide the {columns} input columns of "
+        f"module {name!r} (weight shape {tuple(shape)}): use one of {near}, or window='channel', or a separate "
+        "rule for this module"
+    )
 
 
 def _suffix(path):

@@ -144,10 +144,20 @@ class SQSTrainer:
         ``torch.distributed`` group (DDP). ``None`` (default): whenever a group is
         initialized; ``False``: this process trains alone even under ``torchrun``
         (what :mod:`sqs_pyro.models.blockwise` does, one block per process).
+    :param dict input_norms: for ``score="wanda"``: ``name -> ||X_j||_2`` of
+        each site's input features over calibration data
+        (:func:`~sqs_pyro.guides.input_norms`). Default: computed on the first
+        :attr:`calibration_batches` batches of the run's epoch-0 order, with the
+        pretrained weights (a pure function of data and seed). Saved with every
+        checkpoint and restored on resume.
     """
 
+    #: batches of the training data that ``score="wanda"`` collects input norms on when none are given
+    calibration_batches = 8
+
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
-                 progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl", data_parallel=None):
+                 progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl", data_parallel=None,
+                 input_norms=None):
         cfg = cfg.resolved()  # the recipe's choices filled in (sqs_pyro.recipes)
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
         straight_through = cfg.anchors == "straight-through"
@@ -183,6 +193,38 @@ class SQSTrainer:
         if self.distributed:
             module = torch.nn.parallel.DistributedDataParallel(module)
         self.loss_module = module
+        self.input_norms = None
+        if cfg.score == "wanda":
+            self.input_norms = dict(input_norms) if input_norms is not None else self.calibration_input_norms()
+            missing = [n for n in model.sites if n not in self.input_norms]
+            if missing:
+                raise ValueError(f"score='wanda' needs the input norms of every compressed site; missing {missing}")
+
+    @torch.no_grad()
+    def calibration_input_norms(self):
+        """
+        Wanda's ``||X_j||_2`` of every site over the first :attr:`calibration_batches`
+        batches of epoch 0 (this process's share of each), evaluated with the
+        pretrained weights (the anchors); summed over processes under DDP.
+        """
+        from sqs_pyro.guides.input_norms import input_norms
+
+        anchors = {name: site.anchor.detach() for name, site in self.model.sites.items()}
+        steps = min(self.calibration_batches, self.steps_per_epoch)
+        batches = (self.to_device(self.data.get(self.batch_indices(t)))[0] for t in range(steps))
+        was_training = self.model.net.training
+        self.model.net.eval()
+        try:
+            norms = input_norms(self.model.net, batches, list(self.model.sites),
+                                forward=lambda net, x: self.model.run_net(anchors, x))
+        finally:
+            self.model.net.train(was_training)
+        if self.distributed:
+            for v in norms.values():
+                sq = v.square()
+                dist.all_reduce(sq)
+                v.copy_(sq.sqrt())
+        return norms
 
     def _make_optimizer(self):
         gates, others = [], []
@@ -232,6 +274,10 @@ class SQSTrainer:
                 s = p.rho.detach().clone()
             elif self.cfg.score == "anchor":
                 s = site.anchor.detach().abs()
+            elif self.cfg.score == "wanda":  # |W_ij| ||X_j||_2 (Sun et al. 2023)
+                from sqs_pyro.guides.input_norms import wanda_scores
+
+                s = wanda_scores(site.anchor, self.input_norms[name].to(site.anchor.device))
             else:
                 s = self.guide.posterior(name).mean.abs()
             out[name] = s.masked_fill(~p.mask, float("-inf"))
@@ -271,13 +317,16 @@ class SQSTrainer:
 
     # checkpoints ---------------------------------------------------------------------------------
     def state_dict(self):
-        return {
+        state = {
             "step": self.state.step,
             "guide": self.guide.state_dict(),
             "net": self.model.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
         }
+        if self.input_norms is not None:
+            state["input_norms"] = {n: v.detach().cpu() for n, v in self.input_norms.items()}
+        return state
 
     #: the run's identity (:func:`sqs_pyro.identity.run_identity`), stored with every checkpoint and
     #: checked on resume; ``None``: not checked
@@ -315,6 +364,8 @@ class SQSTrainer:
         self.model.net.load_state_dict(ckpt["net"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
+        if self.input_norms is not None and "input_norms" in ckpt:  # the norms the run started with
+            self.input_norms = {n: v.to(self.input_norms[n].device) for n, v in ckpt["input_norms"].items()}
         self.state.step = ckpt["step"]
         self._saved_step = self.state.step
         self.state.history = self._read_log(upto=self.state.step)

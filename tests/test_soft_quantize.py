@@ -323,3 +323,26 @@ def test_straight_through_inside_equals_the_added_term(layout, fused):
     for before, after in zip(*results):
         torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
     assert results[1][1].abs().sum() > 0  # the anchors do get a gradient
+
+
+def test_many_positional_groups_match_the_plain_computation():
+    # one codebook per row of a 300 x 40 matrix: more groups than ONE_HOT_GROUPS and a cell grid larger than the
+    # weights, so codes come from each weight's own check, not from cell tables
+    from sqs_pyro.guides.channels import channel_groups
+    from sqs_pyro.guides.kmeans import kmeans_groups
+
+    torch.manual_seed(0)
+    w = torch.randn(300, 40, dtype=torch.float64)
+    g = channel_groups(w)
+    init = kmeans_groups(g.matrix(w), 4)
+    tables = [init.locs.clone().requires_grad_(), init.scales.clone().requires_grad_(),
+              init.weights.log().requires_grad_()]
+    cost = torch.rand(300, 4, dtype=torch.float64, requires_grad=True)
+    outs = {}
+    for fused in (True, False):
+        locs, scales, logits = tables
+        m, e = component_expectations(w, locs, scales, logits, 0.05, locs, cost, group_index=g.index, fused=fused)
+        grads = torch.autograd.grad((m * torch.cos(w)).sum() + e.sum(), tables + [cost])
+        outs[fused] = (m, e, *grads)
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)

@@ -11,7 +11,12 @@ This is the greedy MAP weight of method.md §7 in its compressed form. Weight
 
 and :meth:`CompressedTensor.to_dense` rebuilds exactly that tensor. The codebook
 is flat: with ``G`` groups of ``K`` components it holds ``C = G * K`` values and
-the codes index into it directly.
+the codes index into it directly (``ceil(log2 C)`` bits a code). With
+``group_size`` the groups are *positional* (one per run of ``group_size``
+consecutive weights in row-major order: an output channel, or a block of its
+columns), so a weight's group follows from its position and its code is the
+component ``k`` in ``[0, K)`` of its own group (``ceil(log2 K)`` bits):
+the weight is ``codebook[(i // group_size) * K + k]``.
 
 Example::
 
@@ -56,7 +61,10 @@ class CompressedTensor:
         indices of weights stored verbatim; disjoint from ``mask``'s ``True`` positions.
     :param torch.Tensor outlier_values: optional ``(m,)`` floating values of the outliers.
     :param int num_components: optional ``K``, the number of components per
-        group (defaults to ``C``); used only for the paper's compression rate.
+        group (defaults to ``C``); used for the paper's compression rate, and
+        required with ``group_size``.
+    :param int group_size: optional size of positional groups (see above);
+        codes are then group-local, in ``[0, K)``.
     """
 
     shape: tuple
@@ -66,6 +74,7 @@ class CompressedTensor:
     outlier_index: Optional[torch.Tensor] = None
     outlier_values: Optional[torch.Tensor] = None
     num_components: Optional[int] = None
+    group_size: Optional[int] = None
 
     def __post_init__(self):
         try:
@@ -93,8 +102,17 @@ class CompressedTensor:
         nnz = int(mask.sum())
         if codes.numel() != nnz:
             _fail(f"got {codes.numel()} codes but the mask keeps {nnz} weights")
-        if nnz and (int(codes.min()) < 0 or int(codes.max()) >= cb.numel()):
-            _fail(f"codes must lie in [0, {cb.numel()}), got range [{int(codes.min())}, {int(codes.max())}]")
+        if self.group_size is not None:
+            self.group_size = int(self.group_size)
+            if self.num_components is None:
+                _fail("group_size needs num_components (K)")
+            if self.group_size < 1 or self.numel % self.group_size:
+                _fail(f"group_size={self.group_size} does not divide the {self.numel} weights")
+            if cb.numel() != self.numel // self.group_size * int(self.num_components):
+                _fail(f"{self.numel // self.group_size} groups of {int(self.num_components)} components need "
+                      f"{self.numel // self.group_size * int(self.num_components)} codebook values, got {cb.numel()}")
+        if nnz and (int(codes.min()) < 0 or int(codes.max()) >= self.num_symbols):
+            _fail(f"codes must lie in [0, {self.num_symbols}), got range [{int(codes.min())}, {int(codes.max())}]")
         self._check_outliers()
         if self.num_components is not None:
             self.num_components = int(self.num_components)
@@ -144,15 +162,27 @@ class CompressedTensor:
         return 1.0 - (self.nnz + self.num_outliers) / self.numel if self.numel else 0.0
 
     @property
+    def num_symbols(self):
+        """The size of the code alphabet: ``K`` with positional groups, else ``C``."""
+        return int(self.num_components) if self.group_size is not None else self.codebook.numel()
+
+    @property
     def bits_per_code(self):
-        """Bits of a plain code: ``ceil(log2 C)``, at least 1."""
-        return max(1, math.ceil(math.log2(self.codebook.numel())))
+        """Bits of a plain code: ``ceil(log2 K)`` with positional groups, else ``ceil(log2 C)``; at least 1."""
+        return max(1, math.ceil(math.log2(self.num_symbols)))
+
+    def codebook_index(self):
+        """Index into :attr:`codebook` of every kept weight (the codes, offset by their group's ``g * K``)."""
+        if self.group_size is None:
+            return self.codes
+        position = self.mask.reshape(-1).nonzero().squeeze(1).to(self.codes.device)
+        return position // self.group_size * int(self.num_components) + self.codes
 
     def to_dense(self, dtype=torch.float32):
         """The dense tensor (on the codebook's device): zeros, codebook values, outliers."""
         device = self.codebook.device
         w = torch.zeros(self.shape, dtype=dtype, device=device)
-        w.masked_scatter_(self.mask.to(device), self.codebook.to(dtype)[self.codes.to(device)])
+        w.masked_scatter_(self.mask.to(device), self.codebook.to(dtype)[self.codebook_index().to(device)])
         if self.num_outliers:
             w.view(-1)[self.outlier_index.to(device)] = self.outlier_values.to(device=device, dtype=dtype)
         return w

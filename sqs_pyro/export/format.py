@@ -80,7 +80,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "sqs-pyro-compressed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`load` reads (2 added positional groups: ``group_size`` and group-local codes).
+READ_VERSIONS = (1, 2)
 CODEBOOK_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 PARTS = ("codebook", "codes", "code_counts", "mask", "outlier_index", "outlier_values")
 #: Decoding limit: a file may decode to at most ``ELEMENTS_PER_BYTE * file bytes`` weights in all, so a hostile
@@ -164,7 +166,7 @@ def _encode(ct, codebook_dtype, entropy_coded, round_codebook, name):
     numel, nnz, num_codebook = ct.numel, ct.nnz, ct.codebook.numel()
     codes = ct.codes.cpu().numpy()
     mask = ct.mask.cpu().numpy().reshape(-1)
-    counts = np.bincount(codes, minlength=num_codebook)
+    counts = np.bincount(codes, minlength=ct.num_symbols)
     parts = dict.fromkeys(PARTS, np.zeros(0, dtype=np.uint8))
     parts["codebook"] = _raw(stored)
 
@@ -205,6 +207,7 @@ def _encode(ct, codebook_dtype, entropy_coded, round_codebook, name):
         "num_codebook": num_codebook,
         "num_components": ct.num_components or num_codebook,
         "bits_per_code": ct.bits_per_code,
+        "group_size": ct.group_size,
         "codebook_dtype": codebook_dtype,
         "codes": codes_entry,
         "mask": mask_entry,
@@ -258,6 +261,15 @@ def _decode(entry, blob, limit):
     num_codebook = _count(entry, "num_codebook", 1, max(1, sizes[0] // itemsize))
     _check_bytes("codebook", sizes[0], num_codebook * itemsize)
     codebook = _from_raw(parts["codebook"], CODEBOOK_DTYPES[entry["codebook_dtype"]]).float()
+    num_components = _count(entry, "num_components", 1, num_codebook)
+    group_size = entry.get("group_size")
+    num_symbols = num_codebook
+    if group_size is not None:
+        group_size = _count(entry, "group_size", 1, max(1, numel), "group_size")
+        if numel % group_size or numel // group_size * num_components != num_codebook:
+            raise ValueError(f"group_size {group_size} and K = {num_components} do not fit {numel} weights and "
+                             f"{num_codebook} codebook values")
+        num_symbols = num_components
 
     codes_entry = entry["codes"]
     if not isinstance(codes_entry, dict):
@@ -268,10 +280,10 @@ def _decode(entry, blob, limit):
         codes = unpack_uint(parts["codes"], bits, nnz)
     elif codes_entry.get("encoding") == "ans":
         count_bits = _count(codes_entry, "count_bits", 1, MAX_BITS, "codes.count_bits")
-        _check_bytes("code counts", sizes[2], packed_nbytes(num_codebook, count_bits))
+        _check_bytes("code counts", sizes[2], packed_nbytes(num_symbols, count_bits))
         if sizes[1] % 4:
             raise ValueError("ANS-coded codes are not a whole number of 32-bit words")
-        counts = unpack_uint(parts["code_counts"], count_bits, num_codebook)
+        counts = unpack_uint(parts["code_counts"], count_bits, num_symbols)
         if int(counts.sum()) != nnz:
             raise ValueError(f"code counts sum to {int(counts.sum())}, expected nnz = {nnz}")
         codes = ans_decode(np.frombuffer(parts["codes"].tobytes(), dtype="<u4"), counts, nnz)
@@ -279,8 +291,8 @@ def _decode(entry, blob, limit):
             raise ValueError("decoded codes do not have the stored symbol counts (entropy coder mismatch?)")
     else:
         raise ValueError(f"unknown code encoding {codes_entry.get('encoding')!r}")
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= num_codebook):
-        raise ValueError(f"codes must lie in [0, {num_codebook})")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= num_symbols):
+        raise ValueError(f"codes must lie in [0, {num_symbols})")
 
     mask_entry = dict(entry["mask"])
     encoding = mask_entry.pop("encoding", None)
@@ -309,7 +321,6 @@ def _decode(entry, blob, limit):
         _check_bytes("outlier values", sizes[5], count * torch.empty(0, dtype=dtype).element_size())
         outlier_index = torch.from_numpy(unpack_uint(parts["outlier_index"], index_bits, count))
         outlier_values = _from_raw(parts["outlier_values"], dtype)
-    num_components = _count(entry, "num_components", 1, num_codebook)
     return CompressedTensor(
         shape=shape,
         codebook=codebook,
@@ -317,7 +328,8 @@ def _decode(entry, blob, limit):
         mask=torch.from_numpy(mask).reshape(shape),
         outlier_index=outlier_index,
         outlier_values=outlier_values,
-        num_components=None if num_components == codebook.numel() else num_components,
+        num_components=None if num_components == codebook.numel() and group_size is None else num_components,
+        group_size=group_size,
     )
 
 
@@ -414,15 +426,16 @@ def _manifest_from_header(path, header):
             f"expected {FORMAT_NAME!r})"
         )
     version = header.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in {str(v) for v in READ_VERSIONS}:
         raise CompressedFileError(
-            f"{path}: format version {version!r} is not supported (this sqs-pyro reads version {FORMAT_VERSION}); "
+            f"{path}: format version {version!r} is not supported (this sqs-pyro reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}); "
             "use the sqs-pyro release that wrote it or export again"
         )
     try:
         manifest_json = header["manifest"]
         manifest = json.loads(manifest_json)
-        if manifest["format"] != FORMAT_NAME or manifest["format_version"] != FORMAT_VERSION:
+        if manifest["format"] != FORMAT_NAME or str(manifest["format_version"]) != version:
             raise ValueError("manifest disagrees with the file's format/version")
         for key in ("compressed", "dense", "metadata"):
             if not isinstance(manifest[key], dict):
