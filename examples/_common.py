@@ -3,13 +3,13 @@ Shared pieces of the transformers examples: export-and-reload checks, result
 rows, Markdown tables, timing. Not part of the library API.
 """
 
-import copy
 import json
 import os
 import time
 
 import torch
 
+from sqs_pyro.blockwise_run import apply_compressed  # noqa: F401  (re-exported for the examples)
 from sqs_pyro.export import size_report
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained
@@ -28,16 +28,6 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-
-
-@torch.no_grad()
-def apply_compressed(net, compressed):
-    """A copy of ``net`` whose compressed weights are the dense form of ``compressed``."""
-    net = copy.deepcopy(net)
-    for name, ct in compressed.items():
-        param = net.get_parameter(name)
-        param.copy_(ct.to_dense().to(param))
-    return net
 
 
 def export_and_reload(path, net, compressed, *, metadata=None, entropy_coded=True):
