@@ -61,6 +61,11 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=4, help="windows per matrix (outlier: 2 tails + blocks-2 middle)")
     p.add_argument("--tau", type=float, default=1e-3)
     p.add_argument("--sparsity", type=float, default=0.0, help="target sparsity per block (cubic schedule)")
+    p.add_argument("--score", choices=["magnitude", "wanda", "anchor", "rho"], default="magnitude",
+                   help="pruning score (wanda: |W_ij| ||X_j||, the layer's inputs seen)")
+    p.add_argument("--init", choices=["kmeans", "input"], default="kmeans",
+                   help="codebook start: k-means, or k-means weighted by the inputs' second moments (the block "
+                        "loss's diagonal Hessian)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="Adam learning rate (SmolLM2 layer 0, 100 steps: relative error 0.80%% at 1e-4, 0.70%% at "
@@ -141,7 +146,7 @@ def main(argv=None):
                               blocks=args.blocks, tau=args.tau)
     cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.steps * args.batch_size / len(calib), lr=args.lr,
                          gate_lr=args.gate_lr, kl_weight=args.kl_weight, pruning="cubic" if args.sparsity > 0 else "none",
-                         sparsity=args.sparsity, prune_start=0.0, prune_end=0.5, score="magnitude",
+                         sparsity=args.sparsity, prune_start=0.0, prune_end=0.5, score=args.score,
                          checkpoint_every=max(1, args.steps // 4), log_every=max(1, args.steps // 20))
     blocks_log = []
 
@@ -162,7 +167,7 @@ def main(argv=None):
         compressed = compress_blocks(base, calib, spec, cfg, out_dir=os.path.join(args.out, "blocks"),
                                      batch_size=args.batch_size, seed=args.seed, blocks=args.layers, scale=args.scale,
                                      capture_blocks=args.capture_blocks, store_dtype=getattr(torch, args.store_dtype),
-                                     progress=args.progress, resume=args.resume, log=log)
+                                     progress=args.progress, resume=args.resume, init=args.init, log=log)
     if rank != 0:
         return None
     greedy = apply_compressed(base, compressed)

@@ -74,13 +74,36 @@ def _world():
     return 0, 1
 
 
+def input_sensitivity(model, data, batch_size, batches=8):
+    """
+    Per-weight sensitivity of a block's linear weights for the block-wise
+    likelihood: the diagonal of the squared error's Hessian, ``H_ij = sum_x x_j^2``
+    (``||X_j||_2^2`` of the layer's input feature ``j``, the quantity GPTQ's and
+    SqueezeLLM's objectives weight by), from the first ``batches`` minibatches of
+    the block's teacher ``data`` run through the block at its pretrained weights.
+
+    :returns: ``{site name: tensor of the weight's shape}`` for ``SQSGuide(sensitivity=...)``.
+    """
+    from sqs_pyro.guides.input_norms import input_norms, wanda_scores
+
+    anchors = {name: site.anchor.detach() for name, site in model.sites.items()}
+    stop = min(len(data), batches * batch_size)
+    gen = (data.get(torch.arange(i, min(i + batch_size, stop)))[0] for i in range(0, stop, batch_size))
+    with torch.no_grad():
+        norms = input_norms(model.net, gen, list(model.sites), forward=lambda net, x: model.run_net(anchors, x))
+    return {n: wanda_scores(torch.ones_like(site.anchor), norms[n]).square() for n, site in model.sites.items()}
+
+
 def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, seed=0, scale=None, progress=False,
-                   resume=False, codebook_dtype="float16"):
+                   resume=False, codebook_dtype="float16", init="kmeans"):
     """
     Fit the block-wise SQS model of decoder layer ``index`` on its teacher
     ``data`` (:class:`~sqs_pyro.models.blockwise.BlockData`) with
     :class:`~sqs_pyro.trainer.SQSTrainer` (checkpoints in ``out_dir/block_NNN``)
     and write its greedy MAP weights to :func:`block_file`.
+
+    :param str init: ``"kmeans"`` (the sites' own init) or ``"input"``: codebooks
+        from k-means weighted by :func:`input_sensitivity`.
 
     :returns: a dict of facts about the fit (steps, seconds, scale, relative error of the first and last
         logged steps (:func:`_relative_error`, on that step's minibatch), first and last log rows).
@@ -95,7 +118,8 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     with pyro.settings.context(module_local_params=True):
         torch.manual_seed(block_seed)
         model = block_model(net, index, prior_spec, data, scale=scale)
-        guide = SQSGuide(model)
+        sensitivity = input_sensitivity(model, data, batch_size) if init == "input" else None
+        guide = SQSGuide(model, sensitivity=sensitivity)
         trainer = SQSTrainer(model, guide, data, cfg, out_dir=run_dir, batch_size=batch_size, seed=block_seed,
                              progress=progress, data_parallel=False)
         state = trainer.run(resume=resume and os.path.exists(trainer.checkpoint_path))
@@ -167,7 +191,7 @@ def _check_settings(out_dir, settings, resume, rank):
 
 def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0, blocks=None, scale=None,
                     capture_batch_size=4, capture_blocks=8, store_dtype=None, progress=False, resume=False,
-                    codebook_dtype="float16", log=None):
+                    codebook_dtype="float16", init="kmeans", log=None):
     """
     Compress the decoder layers of ``net`` one by one, each on its block-wise
     likelihood, spread over the processes of an initialized ``torch.distributed``
@@ -187,6 +211,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
         :mod:`sqs_pyro.models.blockwise`).
     :param int capture_blocks: blocks whose teacher data one pass of the teacher
         captures (memory: 2 × this × windows × tokens × hidden size values).
+    :param str init: the codebooks' start, see :func:`compress_block`.
     :param callable log: ``log(dict)`` after every block (e.g. ``print``).
     :returns: on process 0, ``name -> CompressedTensor`` of every block's weights; ``None`` elsewhere.
     """
@@ -197,7 +222,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"blocks": blocks, "cfg": dataclasses.asdict(cfg), "prior_spec": prior_spec,
                               "batch_size": batch_size, "seed": seed, "scale": scale, "calibration": _fingerprint(calib),
-                              "codebook_dtype": codebook_dtype,
+                              "codebook_dtype": codebook_dtype, "init": init,
                               "store_dtype": str(store_dtype)}, resume, rank)
     if world > 1:
         dist.barrier()
@@ -210,7 +235,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
         for index in chunk:
             info = compress_block(net, index, prior_spec, data.pop(index), cfg, out_dir=out_dir,
                                   batch_size=batch_size, seed=seed, scale=scale, progress=progress, resume=resume,
-                                  codebook_dtype=codebook_dtype)
+                                  codebook_dtype=codebook_dtype, init=init)
             info["rank"] = rank
             if log is not None:
                 log(info)

@@ -99,3 +99,19 @@ def test_spec_blocks():
     assert spec_blocks(net, default_prior_spec(net, exclude=[r"re:model\.layers\.1\..*"])) == [0, 2]
     with pytest.warns(UserWarning, match="outside the decoder layers"):
         assert spec_blocks(net, default_prior_spec(net, include=["lm_head"])) == [0, 1, 2]
+
+
+def test_input_sensitivity_is_the_block_losss_diagonal_hessian():
+    from sqs_pyro.blockwise_run import input_sensitivity
+    from sqs_pyro.models.blockwise import block_model, capture_block_data
+
+    net, calib, spec, _ = tiny_setup()
+    data = capture_block_data(net, calib, [1])[1]
+    model = block_model(net, 1, spec, data)
+    sens = input_sensitivity(model, data, batch_size=3, batches=2)  # windows 0..5 in batches of 3
+    assert set(sens) == set(model.sites)
+    q = next(n for n in sens if n.endswith("q_proj.weight"))
+    x = net.model.layers[1].input_layernorm(data.inputs[:6]).detach()  # what q_proj sees
+    expected = x.square().sum(dim=(0, 1))  # sum over windows and tokens of x_j^2, for every output row
+    assert sens[q].shape == model.sites[q].anchor.shape
+    torch.testing.assert_close(sens[q], expected.expand_as(sens[q]), rtol=1e-5, atol=1e-6)
