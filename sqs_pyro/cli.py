@@ -33,10 +33,24 @@ PLUGINS = ("sqs_pyro.analysis.cli", "sqs_pyro.analysis.consistency_cli")
 _BEFORE = "before_"
 
 
-def _common(p, before=False):
+#: What ``--out`` names, per verb (every run verb takes the run directory; the plugins' ``--out`` differs).
+OUT_HELP = {
+    "run": "run directory to write: base.pt, checkpoint.pt, config.toml, compressed*.safetensors, results.json",
+    "train-base": "run directory to write the base network to (base.pt, unless model.base_checkpoint is set)",
+    "compress": "run directory to write the SQS checkpoint (checkpoint.pt), its log and config.toml to",
+    "evaluate": "run directory to read (a compressed run: checkpoint.pt, config.toml); nothing is written",
+    "export": "run directory to read the checkpoint from and write compressed*.safetensors into",
+    "baselines": "run directory: the baselines write their files and table under RUN_DIR/baselines/",
+}
+_ROOT_OUT_HELP = ("the run directory (default: runs/default, or runs/smoke with --smoke); per verb, see "
+                  "sqs-pyro VERB --help. report's --out is an HTML file, plot's and consistency's a folder: "
+                  "give those after the verb")
+
+
+def _common(p, before=False, verb=None):
     """Add the run flags to ``p``. The root parser (``before``) keeps them under other names, and a subcommand
     leaves a flag it was not given absent, so that ``sqs-pyro --smoke compress`` = ``sqs-pyro compress --smoke``
-    (see :func:`_merge_run_flags`)."""
+    (see :func:`_merge_run_flags`). ``verb`` selects the help of ``--out`` (:data:`OUT_HELP`)."""
     def add(*flags, **kw):
         if before:
             name = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
@@ -48,7 +62,8 @@ def _common(p, before=False):
         p.add_argument(*flags, **kw)
 
     add("--config", help="TOML run configuration (prior spec included)")
-    add("--out", help="run directory (default: runs/default, or runs/smoke with --smoke)")
+    out_help = _ROOT_OUT_HELP if verb is None else OUT_HELP[verb] + " (default: runs/default, or runs/smoke with --smoke)"
+    add("--out", metavar="RUN_DIR", help=out_help)
     add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a config value, e.g. --set compress.sparsity=0.75 (repeatable)")
     add("--model", help="architecture: small-cnn (default), resnet18, resnet50")
@@ -113,7 +128,7 @@ def build_parser():
         "baselines": "run the baselines and SQS side by side and write a table",
     }
     for name in SUBCOMMANDS:
-        _common(sub.add_parser(name, help=helps[name]))
+        _common(sub.add_parser(name, help=helps[name]), verb=name)
     for module in PLUGINS:  # subcommands with their own flags: report, plot, consistency
         importlib.import_module(module).add_parser(sub)
     for name, p in sub.choices.items():

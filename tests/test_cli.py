@@ -104,3 +104,13 @@ def test_run_flags_before_a_command_with_its_own_flags_are_an_error(capsys):
     assert e.value.code == 2 and "--out given before 'report'" in capsys.readouterr().err
     args = build_parser().parse_args(["--debug", "report", "runs/default", "--out", "x.html"])
     assert args.debug and args.out == "x.html"
+
+
+@pytest.mark.parametrize("verb", ["run", "train-base", "compress", "evaluate", "export", "baselines"])
+def test_out_help_says_what_it_is_for_each_verb(verb, capsys):
+    from sqs_pyro.cli import OUT_HELP
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([verb, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(OUT_HELP[verb].split()) in help_text

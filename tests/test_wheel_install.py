@@ -29,9 +29,10 @@ def test_wheel_installs_and_imports(tmp_path):
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, str(wheel)], check=True
     )
     # dependencies (torch, pyro, ...) come from the test environment's site-packages, appended after the wheel
+    # (addsitedir: its .pth files count, for a venv whose dependencies come through one)
     deps = sysconfig.get_paths()["purelib"]
     code = (
-        "import sys; sys.path.append(%r)\n"
+        "import site; site.addsitedir(%r)\n"
         "import sqs_pyro, sqs_pyro.models, sqs_pyro.guides, sqs_pyro.analysis\n"
         "assert sqs_pyro.__file__.startswith(%r), sqs_pyro.__file__\n"
         "assert sqs_pyro.models.SQSModel and sqs_pyro.guides.SQSGuide\n"
