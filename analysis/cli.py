@@ -1,7 +1,7 @@
 """
 Command-line subcommands of the analysis: ``report`` and ``plot``.
 
-The main CLI (:mod:`sqs_pyro.cli`) calls :func:`add_parser` with its
+The main CLI (:mod:`sqs_pyro.run.cli`) calls :func:`add_parser` with its
 subparsers; each subcommand sets ``handler`` (``handler(args) -> exit code``).
 
 Example::
@@ -61,7 +61,7 @@ def add_parser(subparsers):
 def report_command(args):
     from .report import write_report
 
-    # errors reach sqs_pyro.cli.main, which prints one line and exits with the error's code
+    # errors reach sqs_pyro.run.cli.main, which prints one line and exits with the error's code
     path = write_report(args.run_dir, args.out, diagnostics=args.diagnostics, num_draws=args.draws,
                         max_examples=args.examples or None, image_format=args.format, device=args.device)
     print(path)
@@ -104,7 +104,7 @@ def plot_command(args):
     from .plots import save_figure
     from .run_dir import RunDir
 
-    run = RunDir(args.run_dir)  # errors reach sqs_pyro.cli.main: one line and the error's exit code
+    run = RunDir(args.run_dir)  # errors reach sqs_pyro.run.cli.main: one line and the error's exit code
     fig = _make_figure(args.kind, run, args)
     out_dir = args.out or os.path.join(run.path, "figures")
     (path,) = save_figure(fig, os.path.join(out_dir, args.kind), formats=(args.format,))

@@ -2,7 +2,7 @@
 Read a compression run's directory for analysis: its config, log, results,
 compressed file and, when asked, the fitted model and guide.
 
-The layout is the one :mod:`sqs_pyro.pipeline` writes (``config.toml``,
+The layout is the one :mod:`sqs_pyro.run.pipeline` writes (``config.toml``,
 ``base.pt``, ``checkpoint.pt``, ``log.jsonl``, ``compressed.safetensors``,
 ``results.json``); :class:`RunDir` returns ``None`` for a missing piece so that
 reports can say what is missing instead of failing.
@@ -59,8 +59,8 @@ class RunDir:
         return self.file("checkpoint.pt")
 
     def config(self):
-        """The run's :class:`~sqs_pyro.config.RunConfig` (``out_dir`` set to this directory)."""
-        from sqs_pyro.config import RunConfig
+        """The run's :class:`~sqs_pyro.run.config.RunConfig` (``out_dir`` set to this directory)."""
+        from sqs_pyro.run.config import RunConfig
 
         if self.config_path is None:
             return None
@@ -85,8 +85,8 @@ class RunDir:
         """The run identity this directory's files must carry: the checkpoint's (checked against
         ``config.toml``), else that of ``results.json``, else the config's alone; ``None`` if none is known.
         A checkpoint written with another config is a :class:`~sqs_pyro.errors.RunMismatchError`."""
-        from sqs_pyro.checkpoint import checkpoint_info
-        from sqs_pyro.identity import check_identity, run_identity
+        from sqs_pyro.run.checkpoint import checkpoint_info
+        from sqs_pyro.run.identity import check_identity, run_identity
 
         cfg = self.config()
         own = run_identity(cfg) if cfg is not None else None
@@ -101,7 +101,7 @@ class RunDir:
         """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file, after checking
         that the file was written by this run (its ``run_identity`` metadata)."""
         from sqs_pyro.export import read_manifest, size_report
-        from sqs_pyro.identity import check_identity
+        from sqs_pyro.run.identity import check_identity
 
         path = self.export_ec_path if entropy_coded else self.export_path
         if path is None:
@@ -157,18 +157,20 @@ class RunDir:
         import pyro
         import torch
 
-        from sqs_pyro import pipeline
+        from sqs_pyro.run import pipeline
+        from sqs_pyro.run.config import default_prior_for
+        from sqs_pyro.run.files import BASE_NAME
 
         cfg = self.config()
         if cfg is None:
             raise FileNotFoundError(f"{self.path} has no config.toml")
-        base = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, pipeline.BASE_NAME)
+        base = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, BASE_NAME)
         if not os.path.exists(base):
             raise FileNotFoundError(f"{self.path} has no base network ({base})")
         if self.checkpoint_path is None:
             raise FileNotFoundError(f"{self.path} has no checkpoint.pt: compress first")
         if cfg.prior is None:
-            cfg = cfg.replace_prior(pipeline.default_prior_for(cfg.model.arch))
+            cfg = cfg.replace_prior(default_prior_for(cfg.model.arch))
         pyro.settings.set(module_local_params=True)  # as the trainer: guide parameters live in the guide
         device = torch.device(device)
         train, test, info = pipeline.load_data(cfg)

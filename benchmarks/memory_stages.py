@@ -49,11 +49,11 @@ def worker(args):
     import transformers  # noqa: F401
     from transformers import LlamaForCausalLM
 
-    from sqs_pyro.config import CompressConfig
+    from sqs_pyro.run.config import CompressConfig
     from sqs_pyro.guides import SQSGuide
     from sqs_pyro.models import CausalLM, SQSModel
     from sqs_pyro.models.transformers import causal_lm_forward, default_prior_spec
-    from sqs_pyro.trainer import SQSTrainer
+    from sqs_pyro.run.trainer import SQSTrainer
     from train_step import FixedBatch, plain_loss, smollm2_config
 
     base = _mib()

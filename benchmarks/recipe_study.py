@@ -31,10 +31,10 @@ import torch
 from _machine import machine_info
 
 from sqs_pyro.baselines import run_baselines
-from sqs_pyro.config import RunConfig
+from sqs_pyro.run.config import RunConfig
 from sqs_pyro.io import atomic_write
-from sqs_pyro.pipeline import base_network, load_data, resolve_device
-from sqs_pyro.recipes import RECIPES
+from sqs_pyro.run.pipeline import base_network, load_data, resolve_device
+from sqs_pyro.run.recipes import RECIPES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,7 +95,7 @@ class Study:
         cfg = copy.deepcopy(self.cfg).override(sets)
         cfg = type(cfg).from_dict({**cfg.to_dict(), "seed": seed, "out_dir": str(pathlib.Path(self.args.out) / "runs" / path.stem)})
         if cfg.prior is None:
-            from sqs_pyro.pipeline import default_prior_for
+            from sqs_pyro.run.config import default_prior_for
 
             cfg = cfg.replace_prior(default_prior_for(cfg.model.arch, k))
         t0 = time.time()

@@ -6,8 +6,8 @@ Variants, each in a fresh process (so that its peak memory is its own):
 
 - ``plain``: fine-tuning, every parameter of the network trained with Adam:
   forward, loss, backward, optimizer step;
-- ``sqs``: one step of :class:`~sqs_pyro.trainer.SQSTrainer` with the default
-  recipe (:mod:`sqs_pyro.recipes`): forward at the posterior-mean weights, the
+- ``sqs``: one step of :class:`~sqs_pyro.run.trainer.SQSTrainer` with the default
+  recipe (:mod:`sqs_pyro.run.recipes`): forward at the posterior-mean weights, the
   ELBO with every site's KL, backward, Adam step, the trainer's finiteness
   checks. The mask is set at ``--sparsity`` by anchor magnitude before the
   timed steps and stays fixed (the steps after the last mask falls, 70% of a
@@ -104,7 +104,7 @@ def build(name, args):
     k = args.num_components
     if name in ("small-cnn", "resnet18"):
         from sqs_pyro.models.cnn import build_cnn
-        from sqs_pyro.pipeline import default_prior_for
+        from sqs_pyro.run.config import default_prior_for
 
         return dict(net=build_cnn(name), x=torch.randn(b, 1, 28, 28, generator=g), y=torch.randint(0, 10, (b,), generator=g),
                     spec=default_prior_for(name, k), likelihood="categorical", batch=f"{b} x 1 x 28 x 28",
@@ -170,12 +170,12 @@ def make_step(args, variant, device):
     """Build ``args.model`` for ``variant``; returns ``(step, info)``."""
     import pyro
 
-    from sqs_pyro.config import CompressConfig
+    from sqs_pyro.run.config import CompressConfig
     from sqs_pyro.guides import SQSGuide
     from sqs_pyro.models import SQSModel
     from sqs_pyro.models.likelihoods import get_likelihood
-    from sqs_pyro.schedules import global_topk_masks
-    from sqs_pyro.trainer import SQSTrainer
+    from sqs_pyro.run.schedules import global_topk_masks
+    from sqs_pyro.run.trainer import SQSTrainer
 
     torch.manual_seed(0)
     built = build(args.model, args)
@@ -226,7 +226,7 @@ def worker(args):
     import transformers  # noqa: F401
 
     import sqs_pyro.guides  # noqa: F401
-    import sqs_pyro.trainer  # noqa: F401
+    import sqs_pyro.run.trainer  # noqa: F401
 
     out = {"model": args.model, "variant": args.variant}
     cuda = device == "cuda"
@@ -379,7 +379,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="batch size (default: per model)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: per model)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fixed mask sparsity of the SQS steps")
-    p.add_argument("--recipe", default="sqs", help="sqs_pyro.recipes preset of the SQS steps")
+    p.add_argument("--recipe", default="sqs", help="sqs_pyro.run.recipes preset of the SQS steps")
     p.add_argument("--window", default="outlier", help="windows of the SmolLM2 models (layer, equal, outlier)")
     p.add_argument("--profile", type=int, default=None, help="print the top N functions (cProfile) of the SQS steps")
     p.add_argument("--note", default="", help="a sentence for the results file (e.g. the machine's load)")

@@ -41,7 +41,7 @@ from _common import write_results  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward  # noqa: E402
-from sqs_pyro.models.window_baselines import window_baselines  # noqa: E402
+from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
 
 
 def largest_weight_errors(base, spec, method):

@@ -9,13 +9,13 @@ import time
 
 import torch
 
-from sqs_pyro.blockwise_run import apply_compressed  # noqa: F401  (re-exported for the examples)
+from sqs_pyro.run.blockwise import apply_compressed  # noqa: F401  (re-exported for the examples)
 from sqs_pyro.export import size_report
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained
 
 #: The training choices the transformer examples were measured with (learned gates, frozen anchors, no
-#: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.recipes) is not measured on them yet.
+#: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.run.recipes) is not measured on them yet.
 TRANSFORMER_RECIPE = dict(gates="learned", anchors="frozen", refit_codebooks=False, lr_schedule="constant")
 
 

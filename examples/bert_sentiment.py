@@ -31,15 +31,15 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, export_and_reload, markdown_table, set_threads, size_columns, write_results  # noqa: E402
 
-from sqs_pyro.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from sqs_pyro.config import CompressConfig  # noqa: E402
+from sqs_pyro.run.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import Categorical, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import classification_accuracy, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.models.transformers_io import sqs_compressed  # noqa: E402
-from sqs_pyro.models.window_baselines import window_baselines  # noqa: E402
-from sqs_pyro.trainer import SQSTrainer  # noqa: E402
+from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
+from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
 
 SIZES = {
     "smoke": dict(train=96, test=48, max_length=24, batch_size=16, base_epochs=1, sqs_epochs=1.0, base_lr=2e-3),

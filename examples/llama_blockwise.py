@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noqa: E402
 from llama_wikipedia import load_base, load_texts  # noqa: E402
 
-from sqs_pyro.blockwise_run import apply_compressed, compress_blocks, whole_model_pass  # noqa: E402
-from sqs_pyro.config import CompressConfig  # noqa: E402
+from sqs_pyro.run.blockwise import apply_compressed, compress_blocks, whole_model_pass  # noqa: E402
+from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
-from sqs_pyro.distributed import init_from_env  # noqa: E402
+from sqs_pyro.run.distributed import init_from_env  # noqa: E402
 from sqs_pyro.export import save, size_report  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_perplexity, default_prior_spec  # noqa: E402
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained  # noqa: E402

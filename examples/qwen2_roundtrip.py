@@ -23,14 +23,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noqa: E402
 
-from sqs_pyro.config import CompressConfig  # noqa: E402
+from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
 from sqs_pyro.export import size_report  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained, sqs_compressed  # noqa: E402
-from sqs_pyro.trainer import SQSTrainer  # noqa: E402
+from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
 
 SIZES = {
     "smoke": dict(hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2, windows=8, seq_len=32, steps=4),

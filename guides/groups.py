@@ -94,28 +94,3 @@ class Grouping:
 
     def __repr__(self):
         return f"Grouping(kind={self.kind!r}, shape={tuple(self.shape)}, num_groups={self.num_groups})"
-
-
-def build_grouping(weight, settings):
-    """
-    The grouping a :class:`~sqs_pyro.PriorSettings` asks for: ``window="layer"``,
-    ``"equal"`` or ``"outlier"`` (method.md §5), ``"channel"`` or ``"columns"``
-    (:mod:`sqs_pyro.guides.channels`).
-    """
-    if settings.window == "layer":
-        return Grouping.layer(weight.shape)
-    if settings.window in ("channel", "columns"):
-        from .channels import channel_groups, column_groups
-
-        outliers = settings.outlier_factor if settings.tails == "full" else None
-        if settings.window == "channel":
-            return channel_groups(weight, outlier_factor=outliers)
-        return column_groups(weight, settings.group_size, outlier_factor=outliers)
-    from .windows import equal_windows, outlier_windows
-
-    if settings.window == "equal":
-        return equal_windows(weight, settings.blocks)
-    if settings.window == "outlier":
-        return outlier_windows(weight, settings.blocks, settings.outlier_factor, tails=settings.tails)
-    raise ValueError(
-        f"unknown window strategy {settings.window!r}: use 'layer', 'equal', 'outlier', 'channel' or 'columns'")

@@ -30,6 +30,7 @@ import copy
 
 import torch
 
+from sqs_pyro.export import CompressedTensor
 from sqs_pyro.soft_quantize import responsibility_logits
 
 PRUNE_RULES = ("posterior", "mask")
@@ -62,8 +63,6 @@ def hard_assignment(model, guide, *, prune="posterior", codebook_dtype=torch.flo
         dtype (e.g. ``torch.float16`` for the file) and the greedy weights are
         defined by the rounded values.
     """
-    from sqs_pyro.export import CompressedTensor
-
     out = {}
     for name, site in model.sites.items():
         p = guide.params_of(name)

@@ -6,7 +6,7 @@ Wanda [1] prunes the weights with the smallest ``|W_ij| * ||X_j||_2``, where
 a small weight on a large input matters. :func:`input_norms` collects
 ``||X_j||_2`` for the compressed modules with forward hooks, and
 :func:`wanda_scores` forms the score (``compress.score = "wanda"`` of
-:class:`~sqs_pyro.trainer.SQSTrainer`).
+:class:`~sqs_pyro.run.trainer.SQSTrainer`).
 
 Example::
 

@@ -11,7 +11,7 @@ Per group ``g``: codebook ``mu_g``, stds ``sigma_g``, mixing weights ``pi_g``
 temperature ``tau``. A bool ``mask`` per site implements pruning: masked gates
 are exactly zero.
 
-Two options of the default recipe (see :mod:`sqs_pyro.recipes`):
+Two options of the default recipe (see :mod:`sqs_pyro.run.recipes`):
 
 - ``gates="hard"``: the gate family is restricted to ``gamma_i in {0, 1}``, set
   by the mask, so the weights the likelihood sees (``gamma * mu``) and the
@@ -50,9 +50,11 @@ from pyro.nn.module import PyroModule, PyroParam
 
 from sqs_pyro.distributions import SparseGMM
 from sqs_pyro.distributions.anchored import AnchoredSparseGMM
+from sqs_pyro.elbo import warn_if_mean_plug_in
+from sqs_pyro.handlers import ExactDraws
 from sqs_pyro.soft_quantize import component_probs
 
-from .groups import build_grouping
+from .strategies import build_grouping
 from .kmeans import kmeans_1d, kmeans_groups
 
 
@@ -236,15 +238,11 @@ class SQSGuide(AutoMessenger):
         """
         if name not in self.model.sites:
             if name in getattr(self.model, "observation_sites", ("obs",)):
-                from sqs_pyro.elbo import warn_if_mean_plug_in
-
                 warn_if_mean_plug_in(self, stacklevel=6)
                 return prior
             raise NotImplementedError(
                 f"SQSGuide only covers compressed weights; site {name!r} is not one of them"
             )
-        from sqs_pyro.handlers import ExactDraws
-
         return ExactDraws.wrap(self.posterior(name))
 
     #: Default of :meth:`posterior`'s ``fused``.

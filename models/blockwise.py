@@ -13,7 +13,7 @@ For decoder layer ``l`` with teacher input ``h_l`` and teacher output
 an ordinary :class:`~sqs_pyro.models.SQSModel` (the layer wrapped in a
 :class:`Block`) with the :class:`~sqs_pyro.models.Gaussian` likelihood and the
 windows as the data plate, so :class:`~sqs_pyro.guides.SQSGuide`,
-:class:`~sqs_pyro.SQSELBO` and :class:`~sqs_pyro.trainer.SQSTrainer` run it
+:class:`~sqs_pyro.SQSELBO` and :class:`~sqs_pyro.run.trainer.SQSTrainer` run it
 unchanged. A :class:`Block` keeps the layer at its place in the model
 (``model.layers.3.mlp.up_proj.weight``), so the prior spec resolves exactly as
 on the whole model and the guide's parameters carry the whole model's names.

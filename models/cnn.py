@@ -27,7 +27,7 @@ class SmallCNN(nn.Module):
 
     With the default ``channels=(32, 64, 64)`` it has 0.46M parameters and
     reaches 91.1% / 92.4% Fashion-MNIST test accuracy after 2 / 3 epochs of
-    :func:`sqs_pyro.train_base.train_classifier` (lr 3e-3, batch 128, seed 0;
+    :func:`sqs_pyro.run.train_base.train_classifier` (lr 3e-3, batch 128, seed 0;
     about 325 CPU-seconds per epoch with 2 threads).
     ``channels=(16, 32, 64)`` is 1.4x cheaper and reaches 90.8% / 91.7%.
     Activations after the first convolution are kept channels-last, which

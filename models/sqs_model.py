@@ -10,7 +10,7 @@ trainable parameters (biases, norms, heads) are point estimates registered with
 ``pyro.param``, so both :class:`pyro.infer.SVI` and plain ``torch.optim`` loops
 train them. Under ``pyro.settings.set(module_local_params=True)`` train with
 ``torch.optim`` over ``SQSELBO()(model, guide).parameters()`` (what
-:class:`~sqs_pyro.trainer.SQSTrainer` does): in that mode ``SVI`` only steps
+:class:`~sqs_pyro.run.trainer.SQSTrainer` does): in that mode ``SVI`` only steps
 ``PyroParam``\ s, and the point parameters of a plain ``nn.Module`` are not
 ``PyroParam``\ s (``SVI.step`` raises ``AttributeError: ... 'unconstrained'``).
 

@@ -76,20 +76,16 @@ EXIT_CODES = {
 
 
 def exit_code(error):
-    """The exit code of an exception: 1 for anything unexpected."""
-    from .checkpoint import CheckpointError
-    from .export import CompressedFileError
-    from .trainer import NonFiniteLossError
-
+    """The exit code of an exception: its class's ``exit_code`` (the errors of this module, and
+    :class:`~sqs_pyro.run.checkpoint.CheckpointError`, :class:`~sqs_pyro.export.CompressedFileError`,
+    :class:`~sqs_pyro.run.trainer.NonFiniteLossError`), else by its builtin type; 1 for anything unexpected."""
     code = getattr(error, "exit_code", None)
     if isinstance(code, int):
         return code
     if isinstance(error, KeyboardInterrupt):
         return 130
-    if isinstance(error, NonFiniteLossError):
-        return 6
-    if isinstance(error, (CheckpointError, CompressedFileError, FileNotFoundError, IsADirectoryError,
-                          NotADirectoryError, PermissionError, UnicodeDecodeError)):
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                          UnicodeDecodeError)):
         return 3
     if isinstance(error, (ValueError, FileExistsError)):
         return 2

@@ -73,10 +73,10 @@ def write_config(directory, **extra):
 
 
 def cli(argv):
-    """``sqs_pyro.cli.main`` with the tiny network registered and one torch thread."""
+    """``sqs_pyro.run.cli.main`` with the tiny network registered and one torch thread."""
     import torch
 
-    from sqs_pyro.cli import main
+    from sqs_pyro.run.cli import main
 
     register_tiny_arch()
     threads = torch.get_num_threads()
@@ -98,7 +98,7 @@ def finished_run(root):
 
 def tensors_of(path):
     """Every tensor of a checkpoint, flattened: ``{"guide/...": tensor}`` (for bit-for-bit comparisons)."""
-    from sqs_pyro.checkpoint import load_checkpoint
+    from sqs_pyro.run.checkpoint import load_checkpoint
 
     out = {}
 
@@ -139,12 +139,12 @@ if __name__ == "__main__":
     import torch
 
     if os.environ.get("TINY_RUN_STEP_SECONDS"):  # slow steps, so that a test can kill the run mid-way
-        from sqs_pyro.trainer import SQSTrainer
+        from sqs_pyro.run.trainer import SQSTrainer
 
         step, delay = SQSTrainer.step, float(os.environ["TINY_RUN_STEP_SECONDS"])
         SQSTrainer.step = lambda self: (time.sleep(delay), step(self))[1]
 
     torch.set_num_threads(1)
-    from sqs_pyro.cli import main
+    from sqs_pyro.run.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ import torch
 def tiny_setup():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sqs_pyro.config import CompressConfig
+    from sqs_pyro.run.config import CompressConfig
     from sqs_pyro.data.tokenized import TokenWindows
     from sqs_pyro.models.transformers import default_prior_spec
 
@@ -25,7 +25,7 @@ def tiny_setup():
 
 
 def run(out_dir, resume=False):
-    from sqs_pyro.blockwise_run import apply_compressed, compress_blocks
+    from sqs_pyro.run.blockwise import apply_compressed, compress_blocks
     from sqs_pyro.models.transformers_io import save_compressed_pretrained
 
     net, calib, spec, cfg = tiny_setup()
@@ -39,7 +39,7 @@ def run(out_dir, resume=False):
 
 if __name__ == "__main__":
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from sqs_pyro.distributed import init_from_env
+    from sqs_pyro.run.distributed import init_from_env
 
     init_from_env("cpu")
     run(sys.argv[1])

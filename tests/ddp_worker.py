@@ -3,7 +3,7 @@
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from sqs_pyro.distributed import init_from_env  # noqa: E402
+from sqs_pyro.run.distributed import init_from_env  # noqa: E402
 from test_trainer import make_trainer  # noqa: E402
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from sqs_pyro.blockwise_run import assign_blocks, block_file, whole_model_pass  # noqa: E402
+from sqs_pyro.run.blockwise import assign_blocks, block_file, whole_model_pass  # noqa: E402
 from sqs_pyro.export import read_manifest  # noqa: E402
 from sqs_pyro.models.transformers_io import load_compressed_pretrained  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_resume_block_by_block(tmp_path):
         assert torch.equal(ct.to_dense(), again[name].to_dense()), name
     import dataclasses
 
-    from sqs_pyro.blockwise_run import compress_blocks
+    from sqs_pyro.run.blockwise import compress_blocks
 
     with pytest.raises(ValueError, match="other settings"):
         compress_blocks(net, calib, spec, dataclasses.replace(cfg, lr=0.5), out_dir=out, batch_size=4, resume=True)
@@ -91,7 +91,7 @@ def test_whole_model_pass_starts_from_the_blocks(tmp_path):
 
 
 def test_spec_blocks():
-    from sqs_pyro.blockwise_run import spec_blocks
+    from sqs_pyro.run.blockwise import spec_blocks
     from sqs_pyro.models.transformers import default_prior_spec
 
     net, *_ = tiny_setup()
@@ -102,7 +102,7 @@ def test_spec_blocks():
 
 
 def test_input_sensitivity_is_the_block_losss_diagonal_hessian():
-    from sqs_pyro.blockwise_run import input_sensitivity
+    from sqs_pyro.run.blockwise import input_sensitivity
     from sqs_pyro.models.blockwise import block_model, capture_block_data
 
     net, calib, spec, _ = tiny_setup()

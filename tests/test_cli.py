@@ -3,8 +3,8 @@ import tomllib
 
 import pytest
 
-from sqs_pyro.cli import build_parser, load_config, main
-from sqs_pyro.config import RunConfig
+from sqs_pyro.run.cli import build_parser, load_config, main
+from sqs_pyro.run.config import RunConfig
 
 
 def _cfg(argv):
@@ -108,7 +108,7 @@ def test_run_flags_before_a_command_with_its_own_flags_are_an_error(capsys):
 
 @pytest.mark.parametrize("verb", ["run", "train-base", "compress", "evaluate", "export", "baselines"])
 def test_out_help_says_what_it_is_for_each_verb(verb, capsys):
-    from sqs_pyro.cli import OUT_HELP
+    from sqs_pyro.run.cli import OUT_HELP
 
     with pytest.raises(SystemExit):
         build_parser().parse_args([verb, "--help"])

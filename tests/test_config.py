@@ -8,8 +8,8 @@ from typing import Optional
 
 import pytest
 
-from sqs_pyro import config as config_module
-from sqs_pyro.config import CompressConfig, ConfigError, RunConfig
+from sqs_pyro.run import config as config_module
+from sqs_pyro.run.config import CompressConfig, ConfigError, RunConfig
 
 from ._tiny_run import cli, write_config
 
@@ -123,7 +123,7 @@ def test_validation_is_driven_by_the_annotations(monkeypatch):
 
 def test_smoke_keeps_config_file_values(tmp_path):
     """Finding 3: --smoke silently overrode config-file values; now it sets only keys the file does not set."""
-    from sqs_pyro.cli import build_parser, load_config
+    from sqs_pyro.run.cli import build_parser, load_config
 
     path = tmp_path / "c.toml"
     path.write_text("[data]\ntrain_subset = 300\n[compress]\ncheckpoint_every = 7\n")

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from sqs_pyro import pipeline, trainer as trainer_module
-from sqs_pyro.checkpoint import checkpoint_info
+from sqs_pyro.run import pipeline, trainer as trainer_module
+from sqs_pyro.run.checkpoint import checkpoint_info
 
 from ._tiny_run import assert_same_tensors, cli, tensors_of, write_config
 

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from sqs_pyro.checkpoint import load_checkpoint
+from sqs_pyro.run.checkpoint import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_trainer import make_trainer  # noqa: E402

@@ -143,8 +143,8 @@ def test_one_pass_kl_equals_the_per_weight_kl(monkeypatch, recipe):
     # the ELBO's KL of a whole site in one pass (anchored.summed_kl) against the per-weight registered KL of
     # the previous path: the loss and the gradient of every parameter, under the recipe's gates and anchors
     from sqs_pyro import elbo as elbo_module
-    from sqs_pyro.config import CompressConfig
-    from sqs_pyro.schedules import global_topk_masks
+    from sqs_pyro.run.config import CompressConfig
+    from sqs_pyro.run.schedules import global_topk_masks
 
     cfg = CompressConfig(recipe=recipe).resolved()
     model, guide, x, y = _tiny(tau=1e-3)

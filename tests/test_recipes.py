@@ -1,16 +1,16 @@
-"""The default recipe's pieces (sqs_pyro/recipes.py): each does what it claims."""
+"""The default recipe's pieces (sqs_pyro/run/recipes.py): each does what it claims."""
 
 import pyro
 import pytest
 import torch
 
 from sqs_pyro import SQSELBO
-from sqs_pyro.config import CompressConfig, RunConfig
+from sqs_pyro.run.config import CompressConfig, RunConfig
 from sqs_pyro.guides import SQSGuide, greedy_map
 from sqs_pyro.guides.kmeans import kmeans_1d
 from sqs_pyro.models import Categorical, SQSModel
-from sqs_pyro.recipes import RECIPE_FIELDS, RECIPES
-from sqs_pyro.trainer import SQSTrainer, TensorData
+from sqs_pyro.run.recipes import RECIPE_FIELDS, RECIPES
+from sqs_pyro.run.trainer import SQSTrainer, TensorData
 
 
 def problem(n=512, seed=0, k=4):

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from sqs_pyro.errors import RunDirBusyError, RunMismatchError
-from sqs_pyro.lock import LOCK_NAME, RunDirLock
+from sqs_pyro.run.lock import LOCK_NAME, RunDirLock
 
 from ._tiny_run import cli, finished_run, write_config
 
@@ -49,7 +49,7 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path, capsys):
 
 def test_lock_held_by_another_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from sqs_pyro.lock import RunDirLock\n"
+                               "import sys, time; from sqs_pyro.run.lock import RunDirLock\n"
                                f"l = RunDirLock({str(tmp_path)!r}, 'run').acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -131,7 +131,7 @@ def test_edited_config_after_the_run_is_detected(finished, tmp_path, capsys):
 
 
 def test_run_identity_is_stored_everywhere(finished):
-    from sqs_pyro.checkpoint import checkpoint_info
+    from sqs_pyro.run.checkpoint import checkpoint_info
     from sqs_pyro.export import read_manifest
 
     ident = checkpoint_info(finished / "checkpoint.pt", "identity")
@@ -146,7 +146,7 @@ def test_two_compress_runs_on_one_directory(tmp_path, capsys):
     script = os.path.join(os.path.dirname(__file__), "_tiny_run.py")
     first = subprocess.Popen([sys.executable, script, "compress", "--config", cfg, "--out", str(out), "--no-progress"],
                              env={**os.environ, "TINY_RUN_STEP_SECONDS": "1.0"}, stderr=subprocess.PIPE, text=True)
-    import sqs_pyro.pipeline  # noqa: F401 - imported before the race, so that the second run is quick
+    import sqs_pyro.run.pipeline  # noqa: F401 - imported before the race, so that the second run is quick
 
     while first.poll() is None and not (out / "log.jsonl").exists():
         time.sleep(0.02)

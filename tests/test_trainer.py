@@ -9,11 +9,11 @@ import pyro
 import pytest
 import torch
 
-from sqs_pyro.checkpoint import CheckpointError, load_checkpoint
-from sqs_pyro.config import CompressConfig
+from sqs_pyro.run.checkpoint import CheckpointError, load_checkpoint
+from sqs_pyro.run.config import CompressConfig
 from sqs_pyro.guides import SQSGuide
 from sqs_pyro.models import Categorical, SQSModel
-from sqs_pyro.trainer import NonFiniteLossError, SQSTrainer, TensorData
+from sqs_pyro.run.trainer import NonFiniteLossError, SQSTrainer, TensorData
 
 HERE = os.path.dirname(__file__)
 

@@ -4,11 +4,11 @@ import pyro
 import pytest
 import torch
 
-from sqs_pyro.checkpoint import load_checkpoint
-from sqs_pyro.config import CompressConfig
+from sqs_pyro.run.checkpoint import load_checkpoint
+from sqs_pyro.run.config import CompressConfig
 from sqs_pyro.guides import SQSGuide, input_norms, wanda_scores
 from sqs_pyro.models import Categorical, SQSModel
-from sqs_pyro.trainer import SQSTrainer, TensorData
+from sqs_pyro.run.trainer import SQSTrainer, TensorData
 
 
 def _problem(n=128):

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from sqs_pyro.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sqs_pyro.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from ._tiny_run import cli, finished_run
 
@@ -98,13 +98,13 @@ def test_flipped_bytes_in_checkpoint_tensors_are_refused(tmp_path):
 
 def test_trusted_old_files_convert(tmp_path):
     """A plain old torch.save state dict converts with weights_only=True; a pickle with code does not."""
-    from sqs_pyro.checkpoint import convert
+    from sqs_pyro.run.checkpoint import convert
 
     old, new = tmp_path / "old.pt", tmp_path / "new.pt"
     torch.save({"arch": "small-cnn", "state_dict": {"w": torch.ones(2)}, "test_accuracy": 0.5}, old)
     convert(old, new)
     assert load_checkpoint(new)["state_dict"]["w"].tolist() == [1.0, 1.0]
-    from sqs_pyro.checkpoint import rng_state, set_rng_state
+    from sqs_pyro.run.checkpoint import rng_state, set_rng_state
 
     torch.save({"step": 4, "rng": rng_state()}, old)  # an old checkpoint: numpy RNG state via the allow-list
     convert(old, new)

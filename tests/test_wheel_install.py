@@ -33,9 +33,10 @@ def test_wheel_installs_and_imports(tmp_path):
     deps = sysconfig.get_paths()["purelib"]
     code = (
         "import site; site.addsitedir(%r)\n"
-        "import sqs_pyro, sqs_pyro.models, sqs_pyro.guides, sqs_pyro.analysis\n"
-        "assert sqs_pyro.__file__.startswith(%r), sqs_pyro.__file__\n"
-        "assert sqs_pyro.models.SQSModel and sqs_pyro.guides.SQSGuide\n"
+        "import sqs_pyro, sqs_pyro.models, sqs_pyro.guides, sqs_pyro.analysis, sqs_pyro.run.cli, sqs_pyro.baselines\n"
+        "for m in (sqs_pyro, sqs_pyro.models, sqs_pyro.guides, sqs_pyro.analysis, sqs_pyro.run.cli, sqs_pyro.baselines):\n"
+        "    assert m.__file__.startswith(%r), m.__file__\n"
+        "assert sqs_pyro.models.SQSModel.__name__ == 'SQSModel' and sqs_pyro.guides.SQSGuide.__name__ == 'SQSGuide'\n"
         "print('ok')\n" % (deps, target)
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

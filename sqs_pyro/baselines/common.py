@@ -24,21 +24,17 @@ import torch
 
 from sqs_pyro.export import load_into, save, size_report
 from sqs_pyro.prior_spec import PriorSpec
-from sqs_pyro.schedules import global_topk_masks
-from sqs_pyro.train_base import evaluate_accuracy
-from sqs_pyro.trainer import epoch_permutation
+from sqs_pyro.run.schedules import global_topk_masks
+from sqs_pyro.run.config import default_prior_for
+from sqs_pyro.run.train_base import evaluate_accuracy
+from sqs_pyro.run.trainer import epoch_permutation
 
 
 def prior_of(cfg):
     """The run's prior spec as a dict (the architecture's default when the config has none)."""
     if cfg.prior is not None:
         return PriorSpec.coerce(cfg.prior).to_dict()
-    try:
-        from sqs_pyro.pipeline import default_prior_for
-
-        return PriorSpec.coerce(default_prior_for(cfg.model.arch)).to_dict()
-    except (ImportError, AttributeError):
-        return PriorSpec().to_dict()
+    return PriorSpec.coerce(default_prior_for(cfg.model.arch)).to_dict()
 
 
 def compressed_sites(net, prior):

@@ -1,5 +1,5 @@
 """
-The DGMS baseline run: :class:`~sqs_pyro.guides.dgms.DGMSGuide` on the SQS
+The DGMS baseline run: :class:`~sqs_pyro.baselines.dgms_guide.DGMSGuide` on the SQS
 model, trained with the task loss only.
 
 The loss is ``SQSELBO(kl_weight=0)`` divided by the number of training
@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sqs_pyro.elbo import SQSELBO
-from sqs_pyro.guides.dgms import DGMSGuide
+from sqs_pyro.baselines.dgms_guide import DGMSGuide
 from sqs_pyro.models import Categorical, SQSModel
 
 from .common import minibatches, num_steps

@@ -30,6 +30,8 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from sqs_pyro.run.pipeline import evaluate_posterior
+
 from .common import (
     apply_compressed,
     codebook_dtype,
@@ -112,7 +114,7 @@ def _row(method, k, target, exported, seconds, **extra):
 
 def row_from_pipeline(result, k, target):
     """
-    A row from :func:`sqs_pyro.pipeline.run_main_job`'s results (or their ``"sqs"``
+    A row from :func:`sqs_pyro.run.main_job.run_main_job`'s results (or their ``"sqs"``
     part): the SQS run the main job already made, exported by the same writer.
     """
     sqs = result.get("sqs", result)
@@ -240,8 +242,6 @@ class _Run:
             row["notes"] = NOTES["sqs"] + self._sqs_common()
             return row
         if isinstance(sqs_result, (tuple, list)) and len(sqs_result) == 2:
-            from sqs_pyro.pipeline import evaluate_posterior
-
             model, guide = sqs_result
             t0 = time.time()
             metrics = evaluate_posterior(self.cfg, model, guide, self.test, self.device)
@@ -257,7 +257,7 @@ def run_baselines(cfg, net, base_acc, train, test, info, device, progress=True, 
     """
     Run SQS and the baselines on the same base network and write the comparison.
 
-    :param cfg: the :class:`~sqs_pyro.config.RunConfig` (``K`` from its prior spec,
+    :param cfg: the :class:`~sqs_pyro.run.config.RunConfig` (``K`` from its prior spec,
         target sparsity ``compress.sparsity``, budget ``compress.epochs``, lr
         ``compress.lr``, batch size, seed, codebook dtype).
     :param net: the **base** network (not one a compression run has trained in
@@ -268,7 +268,7 @@ def run_baselines(cfg, net, base_acc, train, test, info, device, progress=True, 
     :param device: where to train and evaluate.
     :param methods: a subset of :data:`METHODS` keys (default: all, in that order).
     :param sqs_result: an SQS result computed before, used instead of running
-        SQS again: :func:`~sqs_pyro.pipeline.run_main_job`'s results dict (or its
+        SQS again: :func:`~sqs_pyro.run.main_job.run_main_job`'s results dict (or its
         ``"sqs"`` part), a row dict, or a ``(model, guide)`` pair.
     :param results_dir: folder for ``<stem>.json`` / ``<stem>.md`` besides the run
         directory ``cfg.out_dir/baselines`` (``None``: run directory only).

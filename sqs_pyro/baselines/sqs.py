@@ -1,6 +1,6 @@
 """
-SQS itself as one row of the comparison: :func:`sqs_pyro.pipeline.compress`,
-:func:`~sqs_pyro.pipeline.evaluate_posterior`, and the greedy MAP export through
+SQS itself as one row of the comparison: :func:`sqs_pyro.run.pipeline.compress`,
+:func:`~sqs_pyro.run.pipeline.evaluate_posterior`, and the greedy MAP export through
 the same writer as every baseline.
 
 Example::
@@ -21,6 +21,7 @@ import dataclasses
 import torch
 
 from sqs_pyro.guides import greedy_map, hard_assignment
+from sqs_pyro.run.pipeline import compress, evaluate_posterior
 
 
 def run_sqs(cfg, net, train, test, device, *, out_dir, progress=False):
@@ -30,10 +31,8 @@ def run_sqs(cfg, net, train, test, device, *, out_dir, progress=False):
     and Bayesian averaging.
 
     :returns: ``(model, guide, metrics)``, metrics as from
-        :func:`~sqs_pyro.pipeline.evaluate_posterior`.
+        :func:`~sqs_pyro.run.pipeline.evaluate_posterior`.
     """
-    from sqs_pyro.pipeline import compress, evaluate_posterior
-
     cfg = dataclasses.replace(cfg, out_dir=out_dir)
     model, guide, _ = compress(cfg, net, train, device, progress=progress)
     metrics = evaluate_posterior(cfg, model, guide, test, device)

@@ -1,6 +1,6 @@
 """
 Token batches for transformers: texts turned into what
-:class:`~sqs_pyro.trainer.SQSTrainer` reads, ``get(idx) -> (x, y)`` with ``x``
+:class:`~sqs_pyro.run.trainer.SQSTrainer` reads, ``get(idx) -> (x, y)`` with ``x``
 a dict of model inputs.
 
 * :class:`TokenizedClassification` -- one sequence per text and a class label;

@@ -96,6 +96,8 @@ class CompressedFileError(ValueError):
     """A compressed file that cannot be trusted: truncated, corrupted, of another format or version, or
     not matching the module it is loaded into."""
 
+    exit_code = 3
+
 
 # ---------------------------------------------------------------- helpers
 

@@ -77,8 +77,8 @@ def tiny_arch():
 
 def make_run_dir(out, arch, n_train=128, n_test=64):
     """A real run directory: base network, SQS compression (SQSTrainer), evaluation, export."""
-    from sqs_pyro import pipeline
-    from sqs_pyro.config import RunConfig
+    from sqs_pyro.run import pipeline
+    from sqs_pyro.run.config import RunConfig
     from sqs_pyro.export import save
     from sqs_pyro.guides import greedy_map, hard_assignment
 

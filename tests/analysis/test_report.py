@@ -59,7 +59,7 @@ def test_report_svg_and_diagnostics(run_dir, tmp_path):
 
 
 def _cli(argv):
-    from sqs_pyro.cli import main
+    from sqs_pyro.run.cli import main
 
     return main(argv)
 

@@ -6,7 +6,7 @@ import torch
 
 from sqs_pyro import SQSELBO, PriorSpec
 from sqs_pyro.export import load_state_dict, save
-from sqs_pyro.guides.dgms import DGMSGuide
+from sqs_pyro.baselines.dgms_guide import DGMSGuide
 from sqs_pyro.models import Categorical, SQSModel
 
 

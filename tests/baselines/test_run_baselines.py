@@ -8,10 +8,10 @@ from torch.utils.data import TensorDataset
 
 from sqs_pyro.baselines import METHODS, run_baselines
 from sqs_pyro.baselines.run import row_from_pipeline
-from sqs_pyro.config import RunConfig
+from sqs_pyro.run.config import RunConfig
 from sqs_pyro.export import load_into, size_report
 from sqs_pyro.models.cnn import SmallCNN
-from sqs_pyro.train_base import evaluate_accuracy
+from sqs_pyro.run.train_base import evaluate_accuracy
 
 
 def _setup(tmp_path, **compress):

@@ -22,8 +22,8 @@ def study():
 
 
 def test_ablation_goes_from_the_paper_recipe_to_the_default(study):
-    from sqs_pyro.config import CompressConfig
-    from sqs_pyro.recipes import RECIPES
+    from sqs_pyro.run.config import CompressConfig
+    from sqs_pyro.run.recipes import RECIPES
 
     v = study.variants()
     assert list(v)[0] == "paper" and list(v)[-1] == "sqs"

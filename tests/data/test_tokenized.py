@@ -1,7 +1,7 @@
 import torch
 
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification, length_grouped_permutation
-from sqs_pyro.trainer import epoch_order
+from sqs_pyro.run.trainer import epoch_order
 
 
 def _lengths(n=1000, seed=0):

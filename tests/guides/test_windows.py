@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sqs_pyro.guides.groups import Grouping, build_grouping
+from sqs_pyro.guides.groups import Grouping
+from sqs_pyro.guides.strategies import build_grouping
 from sqs_pyro.guides.windows import (
     equal_windows,
     outlier_fences,

@@ -4,7 +4,7 @@ from torch.utils.data import TensorDataset
 
 from sqs_pyro.data.fashion_mnist import load_image_data
 from sqs_pyro.models.cnn import SmallCNN, build_cnn, resnet18_1ch, resnet50_1ch
-from sqs_pyro.train_base import evaluate_accuracy, train_classifier
+from sqs_pyro.run.train_base import evaluate_accuracy, train_classifier
 
 
 @pytest.mark.parametrize("name", ["small-cnn", "resnet18", "resnet50"])

@@ -17,7 +17,7 @@ from sqs_pyro.models.transformers import (  # noqa: E402
     model_type_of,
 )
 from sqs_pyro.models.transformers_io import export_sqs, load_compressed_pretrained, save_compressed_pretrained  # noqa: E402
-from sqs_pyro.models.window_baselines import window_baselines, windowed_quantize  # noqa: E402
+from sqs_pyro.baselines.windows import window_baselines, windowed_quantize  # noqa: E402
 
 V = ByteTokenizer.vocab_size
 

@@ -14,7 +14,7 @@ flipped byte in the tensor data is an error, never silently other weights.
 Files are named ``checkpoint.pt`` and ``base.pt`` in a run directory (the
 historic names); a pickle written by ``torch.save`` (an older sqs-pyro, or
 anyone) is refused without being unpickled. Convert a *trusted* old file with
-``python -m sqs_pyro.checkpoint convert OLD.pt NEW.pt`` (``torch.load`` with
+``python -m sqs_pyro.run.checkpoint convert OLD.pt NEW.pt`` (``torch.load`` with
 ``weights_only=True``).
 
 The checksum detects accidents (truncation, bit rot, a partial copy), not
@@ -43,7 +43,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from .io import atomic_write
+from ..io import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -63,6 +63,8 @@ _TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__items__", "__float__")
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, corrupted, of an unsafe format, or belongs to another run."""
+
+    exit_code = 3
 
 
 # ---------------------------------------------------------------- the tree <-> JSON + tensors
@@ -174,7 +176,7 @@ def _sniff(path):
         raise CheckpointError(
             f"{path} is {kind}: sqs-pyro reads checkpoints and base networks only as safetensors "
             "(unpickling can run arbitrary code). Convert a file you trust with "
-            "`python -m sqs_pyro.checkpoint convert OLD NEW`, or delete it to start over"
+            "`python -m sqs_pyro.run.checkpoint convert OLD NEW`, or delete it to start over"
         )
 
 
@@ -285,7 +287,7 @@ def convert(src, dst):
     return dst
 
 
-if __name__ == "__main__":  # python -m sqs_pyro.checkpoint convert OLD NEW
+if __name__ == "__main__":  # python -m sqs_pyro.run.checkpoint convert OLD NEW
     if len(sys.argv) != 4 or sys.argv[1] != "convert":
-        sys.exit("usage: python -m sqs_pyro.checkpoint convert OLD.pt NEW.pt")
+        sys.exit("usage: python -m sqs_pyro.run.checkpoint convert OLD.pt NEW.pt")
     print(convert(sys.argv[2], sys.argv[3]))

@@ -12,7 +12,7 @@ Example::
     >>> import torch, tempfile
     >>> from sqs_pyro.models import SQSModel, Categorical
     >>> from sqs_pyro.guides import SQSGuide
-    >>> from sqs_pyro.config import CompressConfig
+    >>> from sqs_pyro.run.config import CompressConfig
     >>> x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
     >>> net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     >>> model = SQSModel(net, {"_default": {"num_components": 4}}, Categorical(), num_data=64)
@@ -32,14 +32,16 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .elbo import SQSELBO
-from .io import atomic_write
+from ..elbo import SQSELBO
+from ..io import atomic_write
 from .schedules import cubic_sparsity, global_topk_masks
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the parameters became NaN or infinite; no checkpoint is written from that state (the
     message says which checkpoint, if any, is kept)."""
+
+    exit_code = 6
 
 
 def _nonfinite_message(exc):
@@ -136,7 +138,7 @@ class SQSTrainer:
     :param model: an :class:`~sqs_pyro.models.SQSModel`.
     :param guide: an :class:`~sqs_pyro.guides.SQSGuide`.
     :param data: training data with ``len`` and ``get(idx) -> (x, y)``.
-    :param cfg: a :class:`~sqs_pyro.config.CompressConfig`.
+    :param cfg: a :class:`~sqs_pyro.run.config.CompressConfig`.
     :param str out_dir: run directory (``checkpoint.pt``, ``log.jsonl``).
     :param int batch_size: global batch size (split over DDP processes).
     :param callable to_device: moves a batch ``(x, y)`` to the device.
@@ -158,7 +160,7 @@ class SQSTrainer:
     def __init__(self, model, guide, data, cfg, *, out_dir, batch_size, seed=0, to_device=None,
                  progress=True, checkpoint_name="checkpoint.pt", log_name="log.jsonl", data_parallel=None,
                  input_norms=None):
-        cfg = cfg.resolved()  # the recipe's choices filled in (sqs_pyro.recipes)
+        cfg = cfg.resolved()  # the recipe's choices filled in (sqs_pyro.run.recipes)
         self.model, self.guide, self.data, self.cfg = model, guide, data, cfg
         straight_through = cfg.anchors == "straight-through"
         guide.configure(gates=cfg.gates, straight_through=straight_through)
@@ -328,7 +330,7 @@ class SQSTrainer:
             state["input_norms"] = {n: v.detach().cpu() for n, v in self.input_norms.items()}
         return state
 
-    #: the run's identity (:func:`sqs_pyro.identity.run_identity`), stored with every checkpoint and
+    #: the run's identity (:func:`sqs_pyro.run.identity.run_identity`), stored with every checkpoint and
     #: checked on resume; ``None``: not checked
     identity = None
     _saved_step = None  # the step of the last checkpoint this run wrote or resumed from

@@ -22,8 +22,9 @@ import os
 import sys
 import traceback
 
-from .config import RunConfig
-from .errors import EXIT_CODES, ConfigError, InputFileError, exit_code
+from ..errors import EXIT_CODES, ConfigError, InputFileError, exit_code
+from .config import RunConfig, default_prior_for, smoke_config
+from .files import CONFIG_NAME
 
 SUBCOMMANDS = ("run", "train-base", "compress", "evaluate", "export", "baselines")
 PLUGINS = ("sqs_pyro.analysis.cli", "sqs_pyro.analysis.consistency_cli")
@@ -72,7 +73,7 @@ def _common(p, before=False, verb=None):
     add("--num-components", "-K", type=int, dest="num_components", help="codebook size K of every layer")
     add("--sparsity", type=float, help="target sparsity of the cubic schedule")
     add("--recipe", choices=["sqs", "paper"],
-        help="training recipe (sqs_pyro.recipes): sqs (default, measured best) or paper (the paper's)")
+        help="training recipe (sqs_pyro.run.recipes): sqs (default, measured best) or paper (the paper's)")
     add("--smoke", action="store_true",
         help="a small, fast version of the run (for CI); it sets only keys that the --config file "
         "does not set (flags and --set still override it)")
@@ -161,7 +162,6 @@ def _file_keys(path):
 
 def load_config(args):
     """The effective config: file, then flags, then ``--set`` overrides."""
-    from .pipeline import CONFIG_NAME, default_prior_for, smoke_config
 
     path = args.config
     out = args.out or ("runs/smoke" if args.smoke and not args.config else None)
@@ -235,14 +235,14 @@ def _lock(cfg, command):
 
 
 def _dispatch(command, cfg, args):
-    from . import pipeline
+    from . import main_job, pipeline
 
     progress = not args.no_progress
     if command == "run":
         with _lock(cfg, command):
-            results = pipeline.run_main_job(cfg, resume=args.resume, progress=progress,
+            results = main_job.run_main_job(cfg, resume=args.resume, progress=progress,
                                             baselines=not args.no_baselines)
-        print(pipeline.format_table(results))
+        print(main_job.format_table(results))
         return 0
     if command == "evaluate":  # read-only: no lock, nothing written to the run directory
         return _evaluate(cfg, pipeline)
@@ -269,7 +269,7 @@ def _write_command(command, cfg, args, pipeline, progress):
         pipeline.check_resume(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     if is_main_process() and command not in READS_RUN:
-        cfg.save(os.path.join(cfg.out_dir, pipeline.CONFIG_NAME))
+        cfg.save(os.path.join(cfg.out_dir, CONFIG_NAME))
     train, test, info = pipeline.load_data(cfg)
     net, base_acc = pipeline.base_network(cfg, train, test, info, device, progress,
                                           train_if_missing=command not in READS_RUN)
@@ -282,7 +282,7 @@ def _write_command(command, cfg, args, pipeline, progress):
             print(f"compressed; checkpoint and log in {cfg.out_dir}")
         return 0
     if command == "baselines":
-        from .baselines import run_baselines
+        from ..baselines import run_baselines
 
         _, table = run_baselines(cfg, net, base_acc, train, test, info, device, progress=progress)
         print(table)

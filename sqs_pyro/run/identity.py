@@ -13,7 +13,7 @@ instead) are left out, so changing them is allowed.
 
 Example::
 
-    >>> from sqs_pyro.config import RunConfig
+    >>> from sqs_pyro.run.config import RunConfig
     >>> a = run_identity(RunConfig(), base_sha256="0" * 64)
     >>> b = run_identity(RunConfig().override(["compress.sparsity=0.9"]), base_sha256="0" * 64)
     >>> try:
@@ -26,7 +26,8 @@ Example::
 import hashlib
 import json
 
-from .errors import RunMismatchError
+from ..errors import RunMismatchError
+from .config import default_prior_for
 
 __all__ = ["IGNORED_KEYS", "RunMismatchError", "check_identity", "config_key_values", "run_identity"]
 
@@ -53,8 +54,6 @@ def _ignored(key):
 def config_key_values(cfg):
     """``dotted key -> value`` of the config keys in a run's identity (the prior filled in as the run uses it)."""
     if cfg.prior is None:
-        from .pipeline import default_prior_for
-
         cfg = cfg.replace_prior(default_prior_for(cfg.model.arch))
     return {k: v for k, v in sorted(_flatten(cfg.to_dict()).items()) if not _ignored(k)}
 

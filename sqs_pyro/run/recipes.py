@@ -5,7 +5,7 @@ A recipe fixes the choices that the method leaves open (method.md §6): which
 score the pruning schedule ranks by, whether gates are learned or set by the
 mask, whether the anchors (the continuous weights behind the component
 probabilities) move, when the last mask falls, and how the learning rate
-decays. :class:`~sqs_pyro.config.CompressConfig` takes every field of a recipe
+decays. :class:`~sqs_pyro.run.config.CompressConfig` takes every field of a recipe
 that the user leaves unset from ``compress.recipe``; a field set explicitly wins.
 
 ``"sqs"`` (the default) was chosen by measurement
@@ -33,14 +33,14 @@ pruning between 5/11 and 9/11 of the run (epochs 5 to 9 of 11), cosine learning 
 
 Example::
 
-    >>> from sqs_pyro.config import CompressConfig
+    >>> from sqs_pyro.run.config import CompressConfig
     >>> CompressConfig().resolved().score, CompressConfig(recipe="paper").resolved().score
     ('anchor', 'rho')
     >>> CompressConfig(recipe="paper", score="anchor").resolved().gates
     'learned'
 """
 
-#: Every recipe sets exactly these :class:`~sqs_pyro.config.CompressConfig` fields.
+#: Every recipe sets exactly these :class:`~sqs_pyro.run.config.CompressConfig` fields.
 RECIPES = {
     "sqs": {
         "score": "anchor",

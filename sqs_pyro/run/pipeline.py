@@ -1,44 +1,38 @@
 """
-The compression pipeline behind the command line: base model, SQS
-compression, evaluation, export and the reload check. Each step reads and
-writes the run directory, so each is also a CLI subcommand.
+The stages of a run behind the command line: base model, SQS compression,
+evaluation, export and the reload check. Each stage reads and writes the run
+directory, so each is also a CLI subcommand; :mod:`sqs_pyro.run.main_job` runs
+them in order, with the baselines.
 
-Run directory::
-
-    config.toml              the effective configuration
-    base.pt                  the base (pretrained) network and its accuracy (safetensors + JSON, no pickle)
-    checkpoint.pt, log.jsonl SVI state (safetensors + JSON, with the run identity) and per-step log (--resume)
-    compressed.safetensors   the exported compressed network (+ .ec.safetensors, entropy coded)
-    results.json             accuracies, sparsity, sizes
+The run directory's layout is in :mod:`sqs_pyro.run.files`.
 
 Example::
 
-    >>> from sqs_pyro.config import RunConfig
-    >>> cfg = smoke_config(RunConfig(out_dir="/tmp/sqs-doc"))  # doctest: +SKIP
-    >>> results = run_main_job(cfg)                             # doctest: +SKIP
+    >>> from sqs_pyro.run.config import RunConfig, smoke_config
+    >>> cfg = smoke_config(RunConfig(out_dir="/tmp/sqs-doc"))          # doctest: +SKIP
+    >>> train, test, info = load_data(cfg)                              # doctest: +SKIP
+    >>> net, _ = base_network(cfg, train, test, info, torch.device("cpu"))  # doctest: +SKIP
+    >>> model, guide, _ = compress(cfg, net, train, torch.device("cpu"))    # doctest: +SKIP
 """
 
-import copy
-import json
 import os
-import time
 
+import pyro
 import torch
 
-from .config import RunConfig
-from .data import load_image_data
+from ..data import load_image_data
+from ..errors import InputFileError
+from ..export import load_into, save, size_report
+from ..guides import SQSGuide, greedy_map, hard_assignment, sample_networks
+from ..models import Categorical, SQSModel
+from ..models.cnn import build_cnn
+from .checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint, state_digest
+from .files import BASE_NAME, CHECKPOINT_NAME, EXPORT_EC_NAME, EXPORT_NAME
 from .distributed import barrier, is_main_process, local_device
-from .export import load_into, save, size_report
-from .io import atomic_write
+from .identity import check_identity, run_identity
 from .train_base import evaluate_accuracy, train_classifier
 from .trainer import SQSTrainer, TensorData
 
-BASE_NAME = "base.pt"
-CONFIG_NAME = "config.toml"
-CHECKPOINT_NAME = "checkpoint.pt"
-EXPORT_NAME = "compressed.safetensors"
-EXPORT_EC_NAME = "compressed.ec.safetensors"
-RESULTS_NAME = "results.json"
 
 
 def resolve_device(name):
@@ -48,20 +42,6 @@ def resolve_device(name):
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
     return local_device(torch.device(name))
-
-
-def smoke_config(cfg, keep=()):
-    """Shrink a config to a run of about a minute (CI's ``--smoke``), leaving the dotted keys in ``keep``
-    (those a config file sets) as they are."""
-    settings = [
-        "data.train_subset=2000",
-        "data.test_subset=1000",
-        "model.base_epochs=1",
-        "compress.epochs=1.0",
-        "compress.checkpoint_every=10",
-        "eval.num_samples=3",
-    ]
-    return cfg.override([s for s in settings if s.split("=")[0] not in set(keep)])
 
 
 def _subset(ds, n, seed):
@@ -80,42 +60,22 @@ def load_data(cfg):
     return train, test, info
 
 
-def default_prior_for(arch, num_components=16):
-    """
-    The architecture's default compressed modules (method.md §8): every
-    ``Conv2d`` of the ResNets (the paper's choice; FC and BN stay dense); for
-    the small CNN every conv and the hidden FC layer (the bulk of its
-    weights), the output layer dense.
-    """
-    settings = {"num_components": num_components}
-    if arch == "small-cnn":
-        return {"_default": settings, "classifier.4": None}
-    return {"type:Conv2d": settings}
-
-
 def build_net(cfg, info):
-    from sqs_pyro.models.cnn import build_cnn
-
     return build_cnn(cfg.model.arch, num_classes=info["num_classes"], in_channels=info["input_shape"][0])
 
 
 def seed_everything(seed):
     """Seed torch, Pyro, numpy and Python's ``random``: each stage starts from the seed alone, so a run gives
     the same result whether its base network was trained in it or loaded, and whatever ran before."""
-    import pyro
-
     pyro.set_rng_seed(seed)
 
 
 def base_network(cfg, train, test, info, device, progress=True, train_if_missing=True):
     """Load the run's base network, or train it (and save it atomically) if there is none.
 
-    The file is safetensors + JSON (:func:`~sqs_pyro.checkpoint.save_checkpoint`), checksum verified on load;
+    The file is safetensors + JSON (:func:`~sqs_pyro.run.checkpoint.save_checkpoint`), checksum verified on load;
     ``model.base_checkpoint`` must exist (a wrong path is an error, not a new training).
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .errors import InputFileError
-
     path = cfg.model.base_checkpoint or os.path.join(cfg.out_dir, BASE_NAME)
     if cfg.model.base_checkpoint and not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "does not exist"
@@ -156,19 +116,11 @@ def base_network(cfg, train, test, info, device, progress=True, train_if_missing
 
 def identity_of(cfg, net):
     """The run identity of ``cfg`` with base network ``net`` (its weights before compression)."""
-    from .checkpoint import state_digest
-    from .identity import run_identity
-
     return run_identity(cfg, state_digest(net.state_dict()))
 
 
 def build_model_and_guide(cfg, net, num_data):
     """The Pyro model (network + prior spec + likelihood) and the SQS guide."""
-    import pyro
-
-    from sqs_pyro.guides import SQSGuide
-    from sqs_pyro.models import Categorical, SQSModel
-
     # guide parameters live in the guide (not Pyro's global store), so several
     # guides with the same site names can coexist and torch optimizers see them
     pyro.settings.set(module_local_params=True)
@@ -194,9 +146,6 @@ def compress(cfg, net, train, device, resume=False, progress=True):
 def load_compressed_run(cfg, net, num_data, device):
     """Rebuild model and guide from a finished run's checkpoint (its run identity checked against ``cfg``
     and ``net``)."""
-    from .checkpoint import load_checkpoint
-    from .identity import check_identity
-
     identity = identity_of(cfg, net)
     path = os.path.join(cfg.out_dir, CHECKPOINT_NAME)
     ckpt = load_checkpoint(path, map_location=device)
@@ -212,8 +161,6 @@ def load_compressed_run(cfg, net, num_data, device):
 @torch.no_grad()
 def evaluate_posterior(cfg, model, guide, test, device):
     """Greedy-MAP and Bayesian-averaging test accuracy, and the sparsity of the export."""
-    from sqs_pyro.guides import greedy_map, hard_assignment, sample_networks
-
     greedy = greedy_map(model, guide)
     greedy_acc = evaluate_accuracy(greedy, test, device=device)
     networks = sample_networks(model, guide, cfg.eval.num_samples, eval_temperature=cfg.eval.eval_temperature,
@@ -233,8 +180,6 @@ def evaluate_posterior(cfg, model, guide, test, device):
 
 def export_run(cfg, model, guide, test, device, greedy_accuracy=None):
     """Write the compressed files, reload them into a fresh network and check the greedy accuracy exactly."""
-    from sqs_pyro.guides import greedy_map, hard_assignment
-
     dtype = torch.float16 if cfg.export.codebook_dtype == "float16" else torch.float32
     compressed = hard_assignment(model, guide, codebook_dtype=dtype)
     dense = {k: v for k, v in greedy_map(model, guide, codebook_dtype=dtype).state_dict().items() if k not in compressed}
@@ -270,71 +215,11 @@ def _in_channels(net):
     return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][0].in_channels
 
 
-def format_table(results):
-    """One Markdown table of a main-job result (SQS and, when present, the baselines)."""
-    rows = results.get("table_rows")
-    if rows:
-        from .baselines import format_table as baseline_table
-
-        head = f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}\n\n"
-        return head + baseline_table(rows)
-    sqs = results["sqs"]
-    plain = sqs["files"]["plain"]
-    report = plain["report"]
-    lines = [
-        f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}",
-        "",
-        "| method | sparsity | greedy acc | BMA acc | reloaded acc | file bytes | honest CR (compressed layers) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| SQS | {sqs['sparsity']:.3f} | {sqs['greedy_accuracy']:.4f} | {sqs['bma_accuracy']:.4f} | "
-        f"{plain['reloaded_accuracy']:.4f} | {plain['bytes']} | {report['cr_fp32']:.2f} ({report['model_cr']:.2f} whole file) |",
-    ]
-    return "\n".join(lines)
-
-
-def write_results(cfg, results):
-    with atomic_write(os.path.join(cfg.out_dir, RESULTS_NAME), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-
-
 def check_resume(cfg):
     """Before anything is written: ``--resume`` needs this run's checkpoint, written with the same config
     (:class:`~sqs_pyro.errors.RunMismatchError` naming the keys that differ otherwise)."""
-    from .checkpoint import CheckpointError, checkpoint_info
-    from .identity import check_identity, run_identity
-
     path = os.path.join(cfg.out_dir, CHECKPOINT_NAME)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}: start the run without --resume")
     check_identity(checkpoint_info(path, "identity"), run_identity(cfg), f"checkpoint {path}",
                    hint="resume with the config it was written with (its config.toml), or start without --resume")
-
-
-def run_main_job(cfg, resume=False, progress=True, baselines=True):
-    """The default job: base model -> SQS -> evaluate -> export -> reload check (-> baselines) -> table."""
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if resume:
-        check_resume(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    cfg.save(os.path.join(cfg.out_dir, CONFIG_NAME))
-    t0 = time.time()
-    train, test, info = load_data(cfg)
-    net, base_acc = base_network(cfg, train, test, info, device, progress)
-    base_net = copy.deepcopy(net)  # SQS trains the point parameters (biases, norms) in place
-    t_base = time.time()
-    model, guide, trainer = compress(cfg, net, train, device, resume=resume, progress=progress)
-    t_sqs = time.time()
-    metrics = evaluate_posterior(cfg, model, guide, test, device)
-    exported = export_run(cfg, model, guide, test, device)
-    results = {"dataset": info, "arch": cfg.model.arch, "base_accuracy": base_acc, "sqs": {**metrics, **exported},
-               "seconds": {"base": t_base - t0, "sqs": t_sqs - t_base}, "run_identity": model.run_identity}
-    if baselines:
-        from .baselines import run_baselines
-
-        rows, _ = run_baselines(cfg, base_net, base_acc, train, test, info, device, progress=progress,
-                                sqs_result=results)
-        results["table_rows"] = rows
-    results["seconds"]["total"] = time.time() - t0
-    write_results(cfg, results)
-    return results

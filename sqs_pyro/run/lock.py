@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no locking
     fcntl = None
 
-from .errors import InputFileError, RunDirBusyError
+from ..errors import InputFileError, RunDirBusyError
 
 __all__ = ["LOCK_NAME", "RunDirLock", "RunDirBusyError"]
 

@@ -36,18 +36,17 @@ import torch
 from sqs_pyro.export import CompressedTensor
 from sqs_pyro.guides import build_grouping
 from sqs_pyro.prior_spec import PriorSpec
-from sqs_pyro.schedules import global_topk_masks
+from sqs_pyro.run.schedules import global_topk_masks
+
+from .deep_compression import kmeans_quantize
+from .rtn import uniform_quantize
 
 __all__ = ["METHODS", "magnitude_masks", "window_baselines", "windowed_quantize"]
 
 
-def _quantizers():
-    from sqs_pyro.baselines import kmeans_quantize, uniform_quantize
-
-    return {"rtn": uniform_quantize, "kmeans": kmeans_quantize}
-
-
 METHODS = ("rtn", "kmeans")
+#: ``method -> quantizer(values, K)`` of :func:`window_baselines`.
+QUANTIZERS = {"rtn": uniform_quantize, "kmeans": kmeans_quantize}
 
 
 @torch.no_grad()
@@ -97,7 +96,7 @@ def window_baselines(net, spec, *, method, sparsity=0.0, codebook_dtype=torch.fl
 
     :returns: ``name -> CompressedTensor``.
     """
-    quantizers = _quantizers()
+    quantizers = QUANTIZERS
     if method not in quantizers:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     settings = PriorSpec.coerce(spec).resolve(net)

@@ -19,7 +19,7 @@ Example::
 
     >>> import tempfile, torch
     >>> from transformers import LlamaConfig, LlamaForCausalLM
-    >>> from sqs_pyro.config import CompressConfig
+    >>> from sqs_pyro.run.config import CompressConfig
     >>> from sqs_pyro.data.tokenized import TokenWindows
     >>> from sqs_pyro.models.transformers import default_prior_spec
     >>> cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -99,7 +99,7 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     """
     Fit the block-wise SQS model of decoder layer ``index`` on its teacher
     ``data`` (:class:`~sqs_pyro.models.blockwise.BlockData`) with
-    :class:`~sqs_pyro.trainer.SQSTrainer` (checkpoints in ``out_dir/block_NNN``)
+    :class:`~sqs_pyro.run.trainer.SQSTrainer` (checkpoints in ``out_dir/block_NNN``)
     and write its greedy MAP weights to :func:`block_file`.
 
     :param str init: ``"kmeans"`` (the sites' own init) or ``"input"``: codebooks
@@ -110,7 +110,7 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     """
     from sqs_pyro.guides import SQSGuide, hard_assignment
     from sqs_pyro.models.blockwise import block_model
-    from sqs_pyro.trainer import SQSTrainer
+    from sqs_pyro.run.trainer import SQSTrainer
 
     run_dir = _block_dir(out_dir, index)
     block_seed = seed * 1_000_003 + index
@@ -203,7 +203,7 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
 
     :param calib: calibration windows (``get(idx) -> (x, y)``, e.g. :class:`~sqs_pyro.data.tokenized.TokenWindows`).
     :param prior_spec: the whole model's prior spec (resolved on each block at its place).
-    :param cfg: a :class:`~sqs_pyro.config.CompressConfig`; ``epochs`` over the calibration windows, per block.
+    :param cfg: a :class:`~sqs_pyro.run.config.CompressConfig`; ``epochs`` over the calibration windows, per block.
     :param blocks: the decoder layers to compress (default: every layer the spec compresses a weight of;
         weights the spec compresses outside the decoder layers are left dense, with a warning, unless a
         :func:`whole_model_pass` follows).
@@ -296,17 +296,17 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
     ``anchors="straight-through"``) started from the blocks' fits (their
     checkpoints in ``block_dir``: under ``torchrun`` that folder must be shared;
     sites outside the blocks start from k-means), trained by
-    :class:`~sqs_pyro.trainer.SQSTrainer` in ``out_dir``.
+    :class:`~sqs_pyro.run.trainer.SQSTrainer` in ``out_dir``.
 
     :returns: ``(compressed, greedy_net)`` as :func:`~sqs_pyro.models.transformers_io.sqs_compressed`.
     """
-    from sqs_pyro.checkpoint import load_checkpoint
+    from sqs_pyro.run.checkpoint import load_checkpoint
     from sqs_pyro.guides import SQSGuide
     from sqs_pyro.models import CausalLM, SQSModel
     from sqs_pyro.models.blockwise import decoder_layers
     from sqs_pyro.models.transformers import causal_lm_forward
     from sqs_pyro.models.transformers_io import sqs_compressed
-    from sqs_pyro.trainer import SQSTrainer
+    from sqs_pyro.run.trainer import SQSTrainer
 
     net = copy.deepcopy(net).requires_grad_(False)
     state, anchors = {}, {}

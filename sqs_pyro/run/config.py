@@ -25,9 +25,9 @@ from typing import Optional
 
 import tomli_w
 
-from .errors import ConfigError
-from .io import atomic_write
-from .prior_spec import PriorSpec
+from ..errors import ConfigError
+from ..io import atomic_write
+from ..prior_spec import PriorSpec
 from .recipes import RECIPE_FIELDS, RECIPES, recipe_values
 
 
@@ -59,7 +59,7 @@ class CompressConfig:
     The paper's research code also weights the KL differently from the proper
     ELBO (method.md §8).
 
-    ``recipe`` names a preset of :mod:`sqs_pyro.recipes` (``"sqs"``, the
+    ``recipe`` names a preset of :mod:`sqs_pyro.run.recipes` (``"sqs"``, the
     default, or ``"paper"``); the fields it sets (``score``, ``gates``,
     ``anchors``, ``refit_codebooks``, ``prune_start``, ``prune_end``,
     ``lr_schedule``) stay ``None`` here unless given, and :meth:`resolved` fills
@@ -174,7 +174,7 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    prior: Optional[dict] = None  # None: the architecture's default (see pipeline.default_prior_for)
+    prior: Optional[dict] = None  # None: the architecture's default (see default_prior_for)
 
     @classmethod
     def from_dict(cls, d):
@@ -288,3 +288,30 @@ def _drop_none(d):
     if isinstance(d, dict):
         return {k: _drop_none(v) for k, v in d.items() if v is not None}
     return d
+
+
+def default_prior_for(arch, num_components=16):
+    """
+    The architecture's default compressed modules (method.md §8): every
+    ``Conv2d`` of the ResNets (the paper's choice; FC and BN stay dense); for
+    the small CNN every conv and the hidden FC layer (the bulk of its
+    weights), the output layer dense.
+    """
+    settings = {"num_components": num_components}
+    if arch == "small-cnn":
+        return {"_default": settings, "classifier.4": None}
+    return {"type:Conv2d": settings}
+
+
+def smoke_config(cfg, keep=()):
+    """Shrink a config to a run of about a minute (CI's ``--smoke``), leaving the dotted keys in ``keep``
+    (those a config file sets) as they are."""
+    settings = [
+        "data.train_subset=2000",
+        "data.test_subset=1000",
+        "model.base_epochs=1",
+        "compress.epochs=1.0",
+        "compress.checkpoint_every=10",
+        "eval.num_samples=3",
+    ]
+    return cfg.override([s for s in settings if s.split("=")[0] not in set(keep)])

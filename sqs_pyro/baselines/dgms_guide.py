@@ -65,11 +65,10 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 
 from sqs_pyro.distributions import SparseGMM
-from sqs_pyro.schedules import global_topk_masks
+from sqs_pyro.export import CompressedTensor
+from sqs_pyro.guides import build_grouping, kmeans_1d
+from sqs_pyro.run.schedules import global_topk_masks
 from sqs_pyro.soft_quantize import component_probs, responsibility_logits
-
-from .groups import build_grouping
-from .kmeans import kmeans_1d
 
 _MIN_SCALE = 1e-6
 
@@ -241,8 +240,6 @@ class DGMSGuide(AutoMessenger):
             weight its most probable nonzero component. Without it the sparsity is
             whatever the argmax gives (training moves it away from the initial one).
         """
-        from sqs_pyro.export import CompressedTensor
-
         keeps = None
         if sparsity is not None:
             keeps = global_topk_masks({n: -z for n, z in self.zero_scores().items()}, sparsity)
