@@ -10,9 +10,8 @@ import time
 import torch
 
 from sqs_pyro.run.blockwise import apply_compressed  # noqa: F401  (re-exported for the examples)
-from sqs_pyro.export import size_report
 from sqs_pyro.io import atomic_write
-from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained
+from sqs_pyro.models.transformers_io import export_pretrained
 
 #: The training choices the transformer examples were measured with (learned gates, frozen anchors, no
 #: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.run.recipes) is not measured on them yet.
@@ -32,25 +31,17 @@ class Timer:
 
 def export_and_reload(path, net, compressed, *, metadata=None, entropy_coded=True):
     """
-    Save ``net`` with ``compressed`` (plain, and entropy coded beside it), load
-    the plain file back as a fresh transformers model and check every tensor is
-    bit-exact to ``net``'s.
+    Save ``net`` with ``compressed`` (plain, and entropy coded beside it), each
+    file read back as a fresh transformers model and checked bit-exact to ``net``
+    (:func:`~sqs_pyro.models.transformers_io.export_pretrained`).
 
-    :returns: ``(reloaded_net, info)`` with the size reports of both files.
+    :returns: ``(reloaded_net, info)``: the plain file's model and the size reports of both files.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_compressed_pretrained(path, net, compressed, metadata=metadata)
-    reloaded = load_compressed_pretrained(path)
-    expected, got = net.state_dict(), reloaded.state_dict()
-    for name, tensor in expected.items():
-        if not torch.equal(got[name].to(tensor.device), tensor):
-            raise RuntimeError(f"reloaded {path} differs from the exported weights at {name}")
-    info = {"path": path, "report": size_report(path)}
+    files = export_pretrained(path, net, compressed, metadata=metadata, entropy_coded=entropy_coded)
+    info = {"path": files["plain"].path, "report": files["plain"].report}
     if entropy_coded:
-        ec_path = path.replace(".safetensors", ".ec.safetensors")
-        save_compressed_pretrained(ec_path, net, compressed, metadata=metadata, entropy_coded=True)
-        info["ec_path"], info["ec_report"] = ec_path, size_report(ec_path)
-    return reloaded, info
+        info["ec_path"], info["ec_report"] = files["entropy_coded"].path, files["entropy_coded"].report
+    return files["plain"].reloaded, info
 
 
 def size_columns(info):

@@ -37,7 +37,7 @@ from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # no
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import Categorical, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import classification_accuracy, compressed_modules, default_prior_spec  # noqa: E402
-from sqs_pyro.models.transformers_io import sqs_compressed  # noqa: E402
+from sqs_pyro.guides import compressed_weights  # noqa: E402
 from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
 from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
 
@@ -224,7 +224,7 @@ def run_sqs(base, train, args, sparsity, run_dir):
 def compress_config(base, train, test, args, spec, sparsity, tag, data_desc, model_desc):
     """SQS and the baselines at one sparsity, each exported, reloaded and scored; returns their rows."""
     model, guide, seconds, last = run_sqs(base, train, args, sparsity, os.path.join(args.out, "sqs_" + tag))
-    compressed, greedy = sqs_compressed(model, guide)
+    compressed, greedy = compressed_weights(model, guide, codebook_dtype="float16")
     reloaded, info = export_and_reload(os.path.join(args.out, f"sqs_{tag}.safetensors"), greedy, compressed,
                                        metadata={"method": "sqs", "data": data_desc, "base": model_desc})
     acc = classification_accuracy(reloaded, test)

@@ -39,7 +39,8 @@ from sqs_pyro.export import save, size_report  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
-from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained, sqs_compressed  # noqa: E402
+from sqs_pyro.guides import compressed_weights  # noqa: E402
+from sqs_pyro.models.transformers_io import export_pretrained  # noqa: E402
 from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
 from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
 
@@ -227,15 +228,13 @@ def compress_config(base, train, held, args, spec, tag, data_desc, dense_bytes, 
     """
     sparsity = common["target_sparsity"]
     model, guide, fit = run_sqs(base, train, args, spec, sparsity, os.path.join(args.out, "sqs_" + tag))
-    compressed, greedy = sqs_compressed(model, guide)
+    compressed, greedy = compressed_weights(model, guide, codebook_dtype="float16")
     path = os.path.join(args.out, f"sqs_{tag}.safetensors")
-    save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": data_desc})
-    reloaded = load_compressed_pretrained(path)
-    for name, tensor in greedy.state_dict().items():
-        if not torch.equal(reloaded.state_dict()[name], tensor):
-            raise RuntimeError(f"reloaded {path} differs from the greedy weights at {name}")
+    plain = export_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": data_desc},
+                              entropy_coded=False)["plain"]
+    reloaded = plain.reloaded
     ppl, _ = causal_lm_perplexity(reloaded, held, batch_size=2)
-    file_bytes = os.path.getsize(path)
+    file_bytes = plain.bytes
     os.remove(path)  # a few hundred MB each; the sizes below are measured on layer files
     rows = [{"method": "SQS (greedy MAP, reloaded file)", **common, "perplexity": ppl,
              "full_file_bytes_plain": file_bytes, **fit, **layer_sizes(path, compressed, dense_bytes)}]

@@ -29,7 +29,8 @@ from sqs_pyro.export import size_report  # noqa: E402
 from sqs_pyro.guides import SQSGuide  # noqa: E402
 from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
-from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained, sqs_compressed  # noqa: E402
+from sqs_pyro.guides import compressed_weights  # noqa: E402
+from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained  # noqa: E402
 from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
 
 SIZES = {
@@ -99,7 +100,7 @@ def main(argv=None):
                                progress=args.progress).run()
 
         # export, load, generate
-        compressed, greedy = sqs_compressed(model, guide)
+        compressed, greedy = compressed_weights(model, guide, codebook_dtype="float16")
         path = os.path.join(args.out, "qwen2.sqs.safetensors")
         save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": "synthetic"})
         ec_path = os.path.join(args.out, "qwen2.sqs.ec.safetensors")

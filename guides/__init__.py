@@ -11,6 +11,8 @@ from .strategies import build_grouping
 
 __all__ = ["Grouping", "KMeansInit", "SQSGuide", "SiteParams", "build_grouping", "channel_groups",
            "column_groups", "diagonal_fisher", "input_norms", "kmeans_1d", "kmeans_groups", "wanda_scores"]
-from .inference import bayesian_average, greedy_map, greedy_weights, hard_assignment, sample_networks
+from .inference import (bayesian_average, compressed_weights, greedy_map, greedy_weights, hard_assignment,
+                        sample_networks)
 
-__all__ += ["bayesian_average", "greedy_map", "greedy_weights", "hard_assignment", "sample_networks"]
+__all__ += ["bayesian_average", "compressed_weights", "greedy_map", "greedy_weights", "hard_assignment",
+            "sample_networks"]

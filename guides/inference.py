@@ -21,12 +21,16 @@ Example::
     >>> hard = greedy_map(model, guide)
     >>> len(torch.unique(hard[0].weight)) <= 4
     True
+    >>> compressed, net = compressed_weights(model, guide)
+    >>> torch.equal(net[0].weight, compressed["0.weight"].to_dense())
+    True
     >>> bayesian_average(model, guide, torch.randn(2, 4), num_samples=3).shape
     torch.Size([2, 3])
 """
 
 import contextlib
 import copy
+import dataclasses
 
 import torch
 
@@ -106,6 +110,24 @@ def greedy_map(model, guide, **kwargs):
         param.copy_(weight)
         param.requires_grad_(True)
     return net
+
+
+@torch.no_grad()
+def compressed_weights(model, guide, *, prune="posterior", codebook_dtype=torch.float32):
+    """
+    What is exported from a fitted model: ``(compressed, net)``, ``compressed`` the
+    :func:`hard_assignment` (``num_components`` the site's ``K``) and ``net`` the
+    :func:`greedy_map` network holding exactly those weights, codebooks rounded to
+    ``codebook_dtype`` (a ``torch.dtype`` or its name, e.g. ``"float16"`` for the
+    file). Hand both to :func:`sqs_pyro.export.export_checked`.
+    """
+    if isinstance(codebook_dtype, str):
+        codebook_dtype = getattr(torch, codebook_dtype)
+    compressed = {  # K per group, for the paper's compression rate (the codebook holds G * K values)
+        name: dataclasses.replace(ct, num_components=model.sites[name].settings.num_components)
+        for name, ct in hard_assignment(model, guide, prune=prune, codebook_dtype=codebook_dtype).items()
+    }
+    return compressed, greedy_map(model, guide, prune=prune, codebook_dtype=codebook_dtype)
 
 
 @torch.no_grad()

@@ -10,8 +10,9 @@ shared by several names (``lm_head.weight`` tied to the input embeddings) is
 saved once. :func:`load_compressed_pretrained` rebuilds the config
 (``CONFIG_MAPPING[model_type].from_dict``) and the model class from it, loads
 the rebuilt weights (bit-exact to the greedy weights) and returns the model in
-eval mode, ready for ``generate``. :func:`export_sqs` is both for a fitted SQS
-model and guide.
+eval mode, ready for ``generate``. :func:`export_pretrained` writes, reloads and
+checks (the export verb, :func:`sqs_pyro.export.export_checked`); :func:`export_sqs`
+does it for a fitted SQS model and guide.
 
 Example::
 
@@ -34,17 +35,16 @@ Example::
     True
 """
 
-import dataclasses
-
 import torch
 
-from sqs_pyro.export import CompressedFileError, load, save
+from sqs_pyro.export import CompressedFileError, export_checked, load, save
+from sqs_pyro.guides import compressed_weights
 
 __all__ = [
+    "export_pretrained",
     "export_sqs",
     "load_compressed_pretrained",
     "save_compressed_pretrained",
-    "sqs_compressed",
     "transformers_config_dict",
 ]
 
@@ -157,32 +157,27 @@ def load_compressed_pretrained(path, model_class=None, dtype=torch.float32):
     return net.eval()
 
 
-def sqs_compressed(model, guide, *, codebook_dtype="float16", prune="posterior"):
+def export_pretrained(path, net, compressed, *, metadata=None, codebook_dtype="float16", entropy_coded=True):
     """
-    The greedy MAP weights of a fitted SQS model: ``(compressed, greedy_net)``,
-    with ``compressed`` a ``name -> CompressedTensor`` dict (codebooks rounded to
-    ``codebook_dtype``, ``num_components`` = the site's ``K``) and ``greedy_net``
-    a copy of the network holding exactly those weights.
-    """
-    from sqs_pyro.guides import greedy_map, hard_assignment
+    :func:`sqs_pyro.export.export_checked` for a transformers model: written with
+    :func:`save_compressed_pretrained`, read back with :func:`load_compressed_pretrained`
+    (a fresh model from the file alone) and checked bit-exact to ``net``.
 
-    dtype = getattr(torch, codebook_dtype)
-    compressed = {  # K per group, for the paper's compression rate (the codebook holds G * K values)
-        name: dataclasses.replace(ct, num_components=model.sites[name].settings.num_components)
-        for name, ct in hard_assignment(model, guide, prune=prune, codebook_dtype=dtype).items()
-    }
-    return compressed, greedy_map(model, guide, prune=prune, codebook_dtype=dtype)
+    :returns: ``{"plain": ExportedFile[, "entropy_coded": ExportedFile]}``.
+    """
+    return export_checked(path, net, compressed, metadata=metadata, codebook_dtype=codebook_dtype,
+                          entropy_coded=entropy_coded, writer=save_compressed_pretrained,
+                          reader=load_compressed_pretrained)
 
 
 def export_sqs(path, model, guide, *, codebook_dtype="float16", prune="posterior", entropy_coded=False, metadata=None):
     """
-    Export a fitted SQS model of a transformers network: the greedy MAP weights
-    (:func:`sqs_compressed`) and the rest of the network.
+    Export a fitted SQS model of a transformers network: its greedy MAP weights
+    (:func:`~sqs_pyro.guides.compressed_weights`) through :func:`export_pretrained`.
 
     :returns: ``(manifest, greedy_net)``; loading the file gives ``greedy_net``'s tensors exactly.
     """
-    compressed, greedy = sqs_compressed(model, guide, codebook_dtype=codebook_dtype, prune=prune)
-    meta = {"method": "sqs", **(metadata or {})}
-    manifest = save_compressed_pretrained(path, greedy, compressed, metadata=meta, codebook_dtype=codebook_dtype,
-                                          entropy_coded=entropy_coded)
-    return manifest, greedy
+    compressed, greedy = compressed_weights(model, guide, codebook_dtype=codebook_dtype, prune=prune)
+    files = export_pretrained(path, greedy, compressed, metadata={"method": "sqs", **(metadata or {})},
+                              codebook_dtype=codebook_dtype, entropy_coded=entropy_coded)
+    return files["plain"].manifest, greedy

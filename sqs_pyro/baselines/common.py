@@ -1,7 +1,7 @@
 """
 What every baseline shares: the compressed sites, global magnitude masks,
-minibatches, and one exporter (the same writer, reload check and evaluation
-for every method).
+minibatches, and one exporter (:func:`sqs_pyro.export.export_checked` and the
+reloaded file's accuracy, for every method).
 
 Example::
 
@@ -15,17 +15,15 @@ Example::
     24
 """
 
-import copy
 import dataclasses
 import math
-import os
 
 import torch
 
-from sqs_pyro.export import load_into, save, size_report
+from sqs_pyro.export import export_checked
 from sqs_pyro.prior_spec import PriorSpec
-from sqs_pyro.run.schedules import global_topk_masks
 from sqs_pyro.run.config import default_prior_for
+from sqs_pyro.run.schedules import global_topk_masks
 from sqs_pyro.run.train_base import evaluate_accuracy
 from sqs_pyro.run.trainer import epoch_permutation
 
@@ -74,15 +72,6 @@ def num_steps(n, batch_size, epochs):
     return max(1, math.ceil(epochs * steps_per_epoch))
 
 
-@torch.no_grad()
-def apply_compressed(net, compressed):
-    """Write the dense form of every :class:`CompressedTensor` into ``net`` (in place)."""
-    for name, ct in compressed.items():
-        param = net.get_parameter(name)
-        param.copy_(ct.to_dense().to(param))
-    return net
-
-
 @dataclasses.dataclass
 class Exported:
     """What the shared exporter measured."""
@@ -97,28 +86,18 @@ class Exported:
 def export_and_evaluate(net, compressed, test, device, path, *, codebook_dtype="float16", metadata=None,
                         entropy_coded=True):
     """
-    Save ``compressed`` (+ every other tensor of ``net``'s state dict, dense) with
-    :func:`sqs_pyro.export.save`, reload the file into a copy of ``net``, check the
-    reload is bit-exact, and measure the reloaded network's test accuracy.
+    Export with :func:`sqs_pyro.export.export_checked` (save, reload, check
+    bit-exact, sizes) and measure the reloaded plain file's test accuracy.
 
     :param net: the network holding the final weights (compressed tensors already
-        equal to their dense form, see :func:`apply_compressed`).
+        equal to their dense form, see :func:`sqs_pyro.export.apply_compressed`).
     :returns: an :class:`Exported`.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = net.state_dict()
-    dense = {k: v for k, v in state.items() if k not in compressed}
-    save(path, compressed, dense, metadata=metadata or {}, codebook_dtype=codebook_dtype)
-    reloaded = copy.deepcopy(net)
-    load_into(reloaded, path)
-    reloaded.to(device)
-    for name, tensor in state.items():
-        got = reloaded.state_dict()[name]
-        if not torch.equal(got.to(tensor), tensor):
-            raise RuntimeError(f"reloaded file {path} differs from the exported weights at {name}")
-    out = Exported(path=path, accuracy=evaluate_accuracy(reloaded, test, device=device), report=size_report(path))
+    files = export_checked(path, net, compressed, metadata=metadata, codebook_dtype=codebook_dtype,
+                           entropy_coded=entropy_coded)
+    plain = files["plain"]
+    out = Exported(path=plain.path, accuracy=evaluate_accuracy(plain.reloaded.to(device), test, device=device),
+                   report=plain.report)
     if entropy_coded:
-        ec_path = path.replace(".safetensors", ".ec.safetensors")
-        save(ec_path, compressed, dense, metadata=metadata or {}, codebook_dtype=codebook_dtype, entropy_coded=True)
-        out.entropy_coded_path, out.entropy_coded_report = ec_path, size_report(ec_path)
+        out.entropy_coded_path, out.entropy_coded_report = files["entropy_coded"].path, files["entropy_coded"].report
     return out

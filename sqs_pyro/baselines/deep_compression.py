@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from sqs_pyro.export import CompressedTensor
+from sqs_pyro.export import CompressedTensor, apply_compressed
 from sqs_pyro.guides.kmeans import kmeans_1d
 
-from .common import apply_compressed, magnitude_masks, minibatches, num_steps
+from .common import magnitude_masks, minibatches, num_steps
 
 
 @torch.no_grad()

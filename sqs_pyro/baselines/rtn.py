@@ -18,9 +18,9 @@ Example::
 
 import torch
 
-from sqs_pyro.export import CompressedTensor
+from sqs_pyro.export import CompressedTensor, apply_compressed
 
-from .common import apply_compressed, magnitude_masks
+from .common import magnitude_masks
 
 
 @torch.no_grad()

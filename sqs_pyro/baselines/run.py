@@ -30,10 +30,11 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from sqs_pyro.export import apply_compressed
+from sqs_pyro.guides import compressed_weights
 from sqs_pyro.run.pipeline import evaluate_posterior
 
 from .common import (
-    apply_compressed,
     codebook_dtype,
     common_k,
     compressed_sites,
@@ -44,7 +45,7 @@ from .deep_compression import deep_compression
 from .dgms import train_dgms
 from .gaussian_prior import gaussian_prior_config
 from .rtn import magnitude_rtn
-from .sqs import run_sqs, sqs_compressed
+from .sqs import run_sqs
 from .table import format_table, result_stem, write_results
 
 METHODS = {
@@ -220,7 +221,7 @@ class _Run:
         return self._sqs_row(method, model, guide, metrics, t0)
 
     def _sqs_row(self, method, model, guide, metrics, t0):
-        compressed, net = sqs_compressed(model, guide, self.dtype)
+        compressed, net = compressed_weights(model, guide, codebook_dtype=self.dtype)
         notes = NOTES[method] + self._sqs_common()
         return self.export(method, net, compressed, t0, bma_accuracy=metrics["bma_accuracy"],
                            greedy_accuracy=metrics["greedy_accuracy"], notes=notes)

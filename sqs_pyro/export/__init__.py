@@ -5,7 +5,9 @@ Export: the compressed network as it is on disk.
 * :func:`save` / :func:`load` -- one safetensors file with a JSON manifest, bit-packed or
   entropy-coded parts, a format version and a SHA-256 checksum;
 * :func:`load_state_dict` / :func:`load_into` -- dense tensors for a plain ``nn.Module``;
-* :func:`size_report` -- paper compression rate next to the real bytes on disk.
+* :func:`size_report` -- paper compression rate next to the real bytes on disk;
+* :func:`export_checked` -- the export verb: save, reload, check bit-exact, report sizes
+  (:func:`apply_compressed` puts the compressed weights into a network first).
 
 Example::
 
@@ -20,6 +22,7 @@ Example::
     True
 """
 
+from .checked import ExportedFile, apply_compressed, entropy_coded_path, export_checked
 from .compressed_tensor import CompressedTensor
 from .format import (
     FORMAT_NAME,
@@ -38,8 +41,12 @@ __all__ = [
     "FORMAT_VERSION",
     "CompressedFileError",
     "CompressedTensor",
+    "ExportedFile",
     "LayerSize",
     "SizeReport",
+    "apply_compressed",
+    "entropy_coded_path",
+    "export_checked",
     "load",
     "load_into",
     "load_state_dict",

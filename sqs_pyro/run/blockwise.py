@@ -45,6 +45,7 @@ import pyro
 import torch
 import torch.distributed as dist
 
+from sqs_pyro.export import apply_compressed as apply_compressed_
 from sqs_pyro.export import load, save
 from sqs_pyro.io import atomic_write
 
@@ -280,12 +281,9 @@ def _gather_files(out_dir, blocks, rank, world):
 
 @torch.no_grad()
 def apply_compressed(net, compressed):
-    """A copy of ``net`` whose compressed weights are the dense form of ``compressed``."""
-    net = copy.deepcopy(net)
-    for name, ct in compressed.items():
-        param = net.get_parameter(name)
-        param.copy_(ct.to_dense().to(param))
-    return net
+    """A copy of ``net`` whose compressed weights are the dense form of ``compressed``
+    (:func:`sqs_pyro.export.apply_compressed` on a copy)."""
+    return apply_compressed_(copy.deepcopy(net), compressed)
 
 
 def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_size, seed=0, progress=False,
@@ -298,14 +296,13 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
     sites outside the blocks start from k-means), trained by
     :class:`~sqs_pyro.run.trainer.SQSTrainer` in ``out_dir``.
 
-    :returns: ``(compressed, greedy_net)`` as :func:`~sqs_pyro.models.transformers_io.sqs_compressed`.
+    :returns: ``(compressed, greedy_net)`` as :func:`~sqs_pyro.guides.compressed_weights`.
     """
     from sqs_pyro.run.checkpoint import load_checkpoint
-    from sqs_pyro.guides import SQSGuide
+    from sqs_pyro.guides import SQSGuide, compressed_weights
     from sqs_pyro.models import CausalLM, SQSModel
     from sqs_pyro.models.blockwise import decoder_layers
     from sqs_pyro.models.transformers import causal_lm_forward
-    from sqs_pyro.models.transformers_io import sqs_compressed
     from sqs_pyro.run.trainer import SQSTrainer
 
     net = copy.deepcopy(net).requires_grad_(False)
@@ -329,4 +326,4 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
         trainer = SQSTrainer(model, guide, train, cfg, out_dir=out_dir, batch_size=batch_size, seed=seed,
                              progress=progress)
         trainer.run(resume=resume and os.path.exists(trainer.checkpoint_path))
-        return sqs_compressed(model, guide, codebook_dtype=codebook_dtype)
+        return compressed_weights(model, guide, codebook_dtype=codebook_dtype)

@@ -22,12 +22,12 @@ import torch
 
 from ..data import load_image_data
 from ..errors import InputFileError
-from ..export import load_into, save, size_report
-from ..guides import SQSGuide, greedy_map, hard_assignment, sample_networks
+from ..export import export_checked
+from ..guides import SQSGuide, compressed_weights, greedy_map, hard_assignment, sample_networks
 from ..models import Categorical, SQSModel
 from ..models.cnn import build_cnn
 from .checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint, state_digest
-from .files import BASE_NAME, CHECKPOINT_NAME, EXPORT_EC_NAME, EXPORT_NAME
+from .files import BASE_NAME, CHECKPOINT_NAME, EXPORT_NAME
 from .distributed import barrier, is_main_process, local_device
 from .identity import check_identity, run_identity
 from .train_base import evaluate_accuracy, train_classifier
@@ -179,40 +179,20 @@ def evaluate_posterior(cfg, model, guide, test, device):
 
 
 def export_run(cfg, model, guide, test, device, greedy_accuracy=None):
-    """Write the compressed files, reload them into a fresh network and check the greedy accuracy exactly."""
+    """Write the compressed files (:func:`~sqs_pyro.export.export_checked`: each reloaded and checked bit-exact
+    to the greedy weights) and measure the reloaded networks' test accuracy."""
     dtype = torch.float16 if cfg.export.codebook_dtype == "float16" else torch.float32
-    compressed = hard_assignment(model, guide, codebook_dtype=dtype)
-    dense = {k: v for k, v in greedy_map(model, guide, codebook_dtype=dtype).state_dict().items() if k not in compressed}
+    compressed, expected = compressed_weights(model, guide, codebook_dtype=dtype)
     meta = {"arch": cfg.model.arch, "dataset": cfg.data.dataset, "method": "sqs", "codebook_dtype": cfg.export.codebook_dtype,
             "run_identity": getattr(model, "run_identity", None)}
-    paths = {"plain": os.path.join(cfg.out_dir, EXPORT_NAME)}
-    save(paths["plain"], compressed, dense, metadata=meta, codebook_dtype=cfg.export.codebook_dtype)
-    if cfg.export.entropy_coded:
-        paths["entropy_coded"] = os.path.join(cfg.out_dir, EXPORT_EC_NAME)
-        save(paths["entropy_coded"], compressed, dense, metadata=meta, codebook_dtype=cfg.export.codebook_dtype,
-             entropy_coded=True)
-    expected = greedy_map(model, guide, codebook_dtype=dtype)
+    files = export_checked(os.path.join(cfg.out_dir, EXPORT_NAME), expected, compressed, metadata=meta,
+                           codebook_dtype=cfg.export.codebook_dtype, entropy_coded=cfg.export.entropy_coded)
     out = {"files": {}}
-    for kind, path in paths.items():
-        reloaded = build_net(cfg, {"num_classes": _num_classes(expected), "input_shape": (_in_channels(expected),)})
-        load_into(reloaded, path)
-        reloaded.to(device)
-        for name, p in expected.state_dict().items():
-            if not torch.equal(reloaded.state_dict()[name].to(p), p):
-                raise RuntimeError(f"reloaded {kind} file {path} differs from the greedy weights at {name}")
-        acc = evaluate_accuracy(reloaded, test, device=device)
-        out["files"][kind] = {"path": path, "bytes": os.path.getsize(path), "reloaded_accuracy": acc,
-                              "report": size_report(path).to_dict()}
+    for kind, f in files.items():
+        acc = evaluate_accuracy(f.reloaded.to(device), test, device=device)
+        out["files"][kind] = {"path": f.path, "bytes": f.bytes, "reloaded_accuracy": acc, "report": f.report.to_dict()}
     out["greedy_accuracy_rounded_codebook"] = evaluate_accuracy(expected, test, device=device)
     return out
-
-
-def _num_classes(net):
-    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
-
-
-def _in_channels(net):
-    return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][0].in_channels
 
 
 def check_resume(cfg):
