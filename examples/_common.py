@@ -10,6 +10,7 @@ import time
 import torch
 
 from sqs_pyro.run.blockwise import apply_compressed  # noqa: F401  (re-exported for the examples)
+from sqs_pyro.run.results import write_results  # noqa: F401  (re-exported for the examples)
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import export_pretrained
 
@@ -80,21 +81,6 @@ def markdown_table(rows, metric, metric_fmt="{:.4f}"):
             f"| {_f(r.get('ec_model_cr_fp32'), '{:.2f}×')} |"
         )
     return "\n".join(lines)
-
-
-def write_results(results, markdown, stem, dirs):
-    """Write ``<stem>.json`` and ``<stem>.md`` into every folder of ``dirs`` (atomically)."""
-    paths = []
-    for d in dirs:
-        if not d:
-            continue
-        os.makedirs(d, exist_ok=True)
-        for suffix, text in ((".json", json.dumps(results, indent=2, default=str) + "\n"), (".md", markdown + "\n")):
-            path = os.path.join(d, stem + suffix)
-            with atomic_write(path, "w") as f:
-                f.write(text)
-            paths.append(path)
-    return paths
 
 
 class ConfigRows:

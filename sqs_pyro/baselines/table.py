@@ -15,11 +15,9 @@ Example::
     | magnitude + RTN | 4 | 50.0% | 81.23% | 32.00× | 9.50× (file 7.25×) | 12,345 |
 """
 
-import json
-import os
 import re
 
-from sqs_pyro.io import atomic_write
+from sqs_pyro.run.results import write_results as write_run_results
 
 COLUMNS = ("method", "K", "sparsity", "accuracy", "paper CR", "honest CR", "file bytes")
 
@@ -113,17 +111,4 @@ def write_results(result, *dirs):
 
     :returns: the written paths.
     """
-    stem = result["stem"]
-    paths = []
-    text = to_markdown(result)
-    for folder in dirs:
-        if folder is None:
-            continue
-        os.makedirs(folder, exist_ok=True)
-        json_path, md_path = os.path.join(folder, stem + ".json"), os.path.join(folder, stem + ".md")
-        with atomic_write(json_path, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-        with atomic_write(md_path, "w") as f:
-            f.write(text)
-        paths += [json_path, md_path]
-    return paths
+    return write_run_results(result, to_markdown(result), result["stem"], dirs)

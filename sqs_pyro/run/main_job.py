@@ -12,7 +12,6 @@ Example::
 """
 
 import copy
-import json
 import os
 import time
 
@@ -20,7 +19,6 @@ import torch
 
 from ..baselines import format_table as baseline_table
 from ..baselines import run_baselines
-from ..io import atomic_write
 from .files import CONFIG_NAME, RESULTS_NAME
 from .pipeline import (
     base_network,
@@ -31,6 +29,7 @@ from .pipeline import (
     load_data,
     resolve_device,
 )
+from .results import write_results
 
 
 def run_main_job(cfg, resume=False, progress=True, baselines=True):
@@ -57,7 +56,7 @@ def run_main_job(cfg, resume=False, progress=True, baselines=True):
                                 sqs_result=results)
         results["table_rows"] = rows
     results["seconds"]["total"] = time.time() - t0
-    write_results(cfg, results)
+    write_main_results(cfg, results)
     return results
 
 
@@ -81,7 +80,6 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def write_results(cfg, results):
-    """Write a main-job result to the run directory's ``results.json`` (atomically)."""
-    with atomic_write(os.path.join(cfg.out_dir, RESULTS_NAME), "w") as f:
-        json.dump(results, f, indent=2, default=str)
+def write_main_results(cfg, results):
+    """Write a main-job result to the run directory's ``results.json`` (:func:`~sqs_pyro.run.results.write_results`)."""
+    write_results(results, None, RESULTS_NAME[: -len(".json")], [cfg.out_dir])
