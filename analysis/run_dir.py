@@ -118,7 +118,7 @@ class RunDir:
     def num_components(self):
         """``K`` of the run's default prior (None if the config does not say)."""
         cfg = self.config()
-        prior = (cfg.prior or {}) if cfg else {}
+        prior = cfg.prior.to_dict() if cfg and cfg.prior is not None else {}
         default = prior.get("_default") or {}
         return default.get("num_components")
 

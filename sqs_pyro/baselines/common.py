@@ -31,7 +31,7 @@ from sqs_pyro.run.trainer import epoch_permutation
 def prior_of(cfg):
     """The run's prior spec as a dict (the architecture's default when the config has none)."""
     if cfg.prior is not None:
-        return PriorSpec.coerce(cfg.prior).to_dict()
+        return cfg.prior.to_dict()
     return PriorSpec.coerce(default_prior_for(cfg.model.arch)).to_dict()
 
 

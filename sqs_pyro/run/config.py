@@ -3,14 +3,15 @@ Run configuration: one TOML file (prior spec included) with flag overrides.
 
 A run is described by :class:`RunConfig`, nested sections mirroring the TOML
 tables ``[data]``, ``[model]``, ``[compress]``, ``[eval]``, ``[export]`` and
-``[prior]`` (a :class:`~sqs_pyro.PriorSpec` as a table). The effective config
-is written to the run directory, so every run can be reproduced from it.
+``[prior]`` (a :class:`~sqs_pyro.PriorSpec` as a table; ``RunConfig.prior`` is
+that :class:`~sqs_pyro.PriorSpec`, made once when the config is). The effective
+config is written to the run directory, so every run can be reproduced from it.
 
 Example::
 
     >>> cfg = RunConfig.from_dict({"compress": {"sparsity": 0.75}})
     >>> cfg = cfg.override(["compress.lr=0.01", "prior._default.num_components=8"])
-    >>> cfg.compress.sparsity, cfg.compress.lr, cfg.prior["_default"]["num_components"]
+    >>> cfg.compress.sparsity, cfg.compress.lr, cfg.prior.to_dict()["_default"]["num_components"]
     (0.75, 0.01, 8)
 """
 
@@ -174,7 +175,7 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    prior: Optional[dict] = None  # None: the architecture's default (see default_prior_for)
+    prior: Optional[PriorSpec] = None  # None: the architecture's default (see default_prior_for)
 
     @classmethod
     def from_dict(cls, d):
@@ -200,16 +201,22 @@ class RunConfig:
         return cfg
 
     def to_dict(self):
-        d = dataclasses.asdict(self)
-        prior = d.pop("prior")
+        prior = self.prior
+        d = dataclasses.asdict(dataclasses.replace(self, prior=None))
+        d.pop("prior")
         d = _drop_none(d)
         if prior is not None:
-            d["prior"] = PriorSpec.coerce(prior).to_dict(file_safe=True)
+            d["prior"] = prior.to_dict(file_safe=True)
         return d
 
+    def __post_init__(self):
+        # the one place a run's prior becomes a PriorSpec (which validates its keys and values)
+        if self.prior is not None and not isinstance(self.prior, PriorSpec):
+            self.prior = PriorSpec.coerce(copy.deepcopy(_check_field("prior", self.prior, dict)))
+
     def replace_prior(self, prior):
-        """A copy with another prior spec (a dict)."""
-        return dataclasses.replace(self, prior=copy.deepcopy(prior)).validate()
+        """A copy with another prior spec (a :class:`~sqs_pyro.PriorSpec` or a dict)."""
+        return dataclasses.replace(self, prior=prior).validate()
 
     @classmethod
     def from_file(cls, path):
@@ -279,8 +286,6 @@ class RunConfig:
             raise ConfigError("[compress] need 0 <= prune_start <= prune_end <= 1 (fractions of the run)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        if self.prior is not None:
-            PriorSpec.coerce(self.prior)  # validates the spec's keys and values
         return self
 
 

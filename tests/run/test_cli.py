@@ -3,6 +3,7 @@ import tomllib
 
 import pytest
 
+from sqs_pyro import PriorSpec
 from sqs_pyro.run.cli import build_parser, load_config, main
 from sqs_pyro.run.config import RunConfig
 
@@ -15,12 +16,12 @@ def test_flags_and_overrides_make_the_effective_config():
     cfg = _cfg(["compress", "--out", "runs/x", "-K", "8", "--sparsity", "0.75", "--set", "compress.lr=0.01"])
     assert cfg.out_dir == "runs/x"
     assert cfg.compress.sparsity == 0.75 and cfg.compress.lr == 0.01
-    assert cfg.prior["_default"]["num_components"] == 8
-    assert cfg.prior["classifier.4"] in (None, "dense")  # the small CNN's output layer stays dense
+    assert cfg.prior.to_dict()["_default"]["num_components"] == 8
+    assert cfg.prior.to_dict()["classifier.4"] is None  # the small CNN's output layer stays dense
 
 
 def test_resnet_default_prior_compresses_every_conv():
-    assert _cfg(["--model", "resnet18"]).prior == {"type:Conv2d": {"num_components": 16}}
+    assert _cfg(["--model", "resnet18"]).prior == PriorSpec({"type:Conv2d": {"num_components": 16}})
 
 
 def test_config_file_round_trip(tmp_path):
