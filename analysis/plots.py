@@ -485,7 +485,7 @@ def plot_window_errors(weights, num_components=(4, 8, 16, 32, 64), *, blocks=4, 
                        seed=0, path=None):
     """
     Mean squared quantization error against ``K`` for one k-means codebook per
-    layer, equal windows and outlier-aware windows (method.md §5), measured with
+    layer, equal windows and outlier-aware windows (docs/method.md §5), measured with
     :func:`~sqs_pyro.guides.windows.window_reconstruction_error`.
 
     :param weights: a tensor, or a dict ``name -> tensor`` (one panel each).

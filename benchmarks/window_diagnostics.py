@@ -6,7 +6,7 @@ Why windows matter on SmolLM2-135M, in two numbers per (windows, K):
   compressed matrix. k-means initialized at quantiles (``guides/kmeans.py``,
   also SQS's initialization) gives a lone outlier no centroid of its own, so a
   window holding it pulls it into the bulk; outlier-aware windows give the
-  tails their own codebook (method.md §5). A few such weights carry much of
+  tails their own codebook (docs/method.md §5). A few such weights carry much of
   an LLM's quality ("super weights", Yu et al., arXiv:2411.07191).
 - **soft weights**: the fraction of weights whose ``phi`` is not one-hot at
   the run's ``tau`` (``AnchoredSparseGMM.soft_weights``). The fused hot path

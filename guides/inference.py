@@ -1,6 +1,6 @@
 """
 Using the fitted posterior: greedy MAP export and Bayesian model averaging
-(method.md §7).
+(docs/method.md §7).
 
 *Greedy MAP* keeps, for every unpruned weight, the codebook value of its most
 probable component, ``mu_{g, argmax_k phi_ik}``, and exact zeros elsewhere: a

@@ -21,7 +21,7 @@ import torch
 
 
 class KMeansInit(NamedTuple):
-    """Codebook initialization of one group: means, stds and fractions (method.md §3)."""
+    """Codebook initialization of one group: means, stds and fractions (docs/method.md §3)."""
 
     locs: torch.Tensor
     scales: torch.Tensor

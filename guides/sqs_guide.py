@@ -1,6 +1,6 @@
 """
 The SQS variational family: each compressed weight is exactly zero (the spike)
-or drawn from a Gaussian mixture shared by its group (method.md §3).
+or drawn from a Gaussian mixture shared by its group (docs/method.md §3).
 
     q(theta_i) = (1 - gamma_i) delta_0 + gamma_i sum_k phi_ik N(mu_gk, sigma_gk^2)
 

@@ -19,7 +19,7 @@ from .windows import equal_windows, outlier_windows
 def build_grouping(weight, settings):
     """
     The grouping a :class:`~sqs_pyro.PriorSettings` asks for: ``window="layer"``,
-    ``"equal"`` or ``"outlier"`` (method.md §5), ``"channel"`` or ``"columns"``
+    ``"equal"`` or ``"outlier"`` (docs/method.md §5), ``"channel"`` or ``"columns"``
     (:mod:`sqs_pyro.guides.channels`).
     """
     if settings.window == "layer":

@@ -1,5 +1,5 @@
 """
-Windows: groups for long-tailed weight matrices (method.md §5; SQS, arXiv 2510.08999).
+Windows: groups for long-tailed weight matrices (docs/method.md §5; SQS, arXiv 2510.08999).
 
 One Gaussian mixture per layer spends most of its ``K`` components on a few
 extreme weights when the layer is long-tailed (LLMs). Windows cut a layer into
@@ -110,7 +110,7 @@ def _fences(values, factor):
 
 def outlier_fences(weight, factor=5.0):
     """
-    The Tukey fences of method.md §5: ``(Q1 - factor * IQR, Q3 + factor * IQR)``.
+    The Tukey fences of docs/method.md §5: ``(Q1 - factor * IQR, Q3 + factor * IQR)``.
 
     Quartiles interpolate linearly between order statistics, like
     :func:`torch.quantile`, but work for any number of weights.
@@ -125,7 +125,7 @@ def outlier_fences(weight, factor=5.0):
 
 def equal_windows(weight, blocks=4):
     """
-    Equal-count windows (method.md §5): sort the weights, cut the sorted order
+    Equal-count windows (docs/method.md §5): sort the weights, cut the sorted order
     into ``blocks`` contiguous windows of equal size (within one), and give
     each weight the id of its window (the same result as scattering the window
     ids back through the inverse permutation of a stable sort).
@@ -153,7 +153,7 @@ def equal_windows(weight, blocks=4):
 
 def outlier_windows(weight, blocks=4, factor=5.0, tails="gmm"):
     """
-    Outlier-aware windows, the SQS rule (method.md §5, arXiv 2510.08999).
+    Outlier-aware windows, the SQS rule (docs/method.md §5, arXiv 2510.08999).
 
     With quartiles ``Q1``, ``Q3`` and ``IQR = Q3 - Q1``, the *left tail* is every
     weight below ``Q1 - factor * IQR`` and the *right tail* every weight above

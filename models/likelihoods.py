@@ -3,7 +3,7 @@ Likelihoods: how a network's output explains the data.
 
 Each likelihood opens the data plate of full size ``num_data`` over the
 minibatch, so Pyro scales the minibatch log-likelihood by ``n / b``
-(method.md §4) — nothing is hand-scaled. ``batch_ndim`` leading dimensions of
+(docs/method.md §4) — nothing is hand-scaled. ``batch_ndim`` leading dimensions of
 the network's output (one per vectorised plate around the model, e.g.
 ``pyro.infer.Predictive(..., parallel=True)``) are kept left of the data plate.
 

@@ -61,7 +61,7 @@ class WeightSite:
 
 def spike_slab_prior(settings, anchor):
     """
-    The spike-and-slab prior (method.md §2) of a weight tensor shaped like
+    The spike-and-slab prior (docs/method.md §2) of a weight tensor shaped like
     ``anchor`` (the plain slab when ``settings.spike`` is False).
     """
     slab = settings.slab_distribution(like=anchor)

@@ -10,7 +10,7 @@ subclassed per architecture; :class:`torch.nn.Linear` and transformers'
 
 What this module adds is the *default choice of compressed modules* per
 architecture (``config.model_type``), following the SQS paper's runs
-(method.md §8):
+(docs/method.md §8):
 
 * BERT (and RoBERTa): attention query, key, value and the attention output dense;
 * Llama, Mistral and Qwen2: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``up_proj``, ``down_proj``
@@ -56,7 +56,7 @@ _LLAMA = (r"(?:.*\.)?self_attn\.[qkvo]_proj", r"(?:.*\.)?mlp\.(?:up|down)_proj")
 _GPT2 = (r"(?:.*\.)?attn\.c_(?:attn|proj)", r"(?:.*\.)?mlp\.c_(?:fc|proj)")
 
 #: ``config.model_type`` -> regexes (full-matched against module names) of the
-#: modules compressed by default (method.md §8).
+#: modules compressed by default (docs/method.md §8).
 DEFAULT_MODULES = {
     "bert": _BERT,
     "roberta": _BERT,
@@ -96,7 +96,7 @@ def _selector(s):
 
 def default_prior_spec(model_or_config, *, include=(), exclude=(), **settings):
     """
-    The default prior-spec dict of a transformers architecture (method.md §8).
+    The default prior-spec dict of a transformers architecture (docs/method.md §8).
 
     :param model_or_config: a transformers model, its config, a config dict or a ``model_type``.
     :param include: extra selectors (exact module names or ``re:`` patterns) to compress with ``settings``.

@@ -2,7 +2,7 @@
 The SQS evidence lower bound.
 
 ``ELBO = E_q[log p(D | theta)] - KL(q || pi)`` where the KL of each compressed
-site is the registered Jensen bound (method.md §4, an upper bound on the KL, so
+site is the registered Jensen bound (docs/method.md §4, an upper bound on the KL, so
 this stays a lower bound on the evidence). The data term has two estimators,
 the *plug-ins*:
 

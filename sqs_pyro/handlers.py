@@ -4,7 +4,7 @@ Effect handlers used by the SQS ELBO.
 :class:`PosteriorMean` sets the value of every latent site whose distribution
 has a closed-form mean to that mean, instead of sampling it: the likelihood is
 then evaluated at the posterior-mean weights ``gamma * sum_k phi_k mu_k``
-(method.md §4), deterministically and differentiably. This is the *posterior-mean
+(docs/method.md §4), deterministically and differentiably. This is the *posterior-mean
 plug-in*: cheap, but not an estimate of ``E_q log p(D | theta)``.
 
 :class:`RelaxedDraws` makes the SQS posterior sites draw their reparameterized
@@ -15,7 +15,7 @@ exact zeros from the spike, a component from ``phi``, a value from its
 Gaussian. That is what :class:`pyro.infer.Predictive` sees.
 :class:`CodebookDraws` draws the *compressed networks* instead: every weight
 exactly 0 or exactly a codebook value ``mu_k`` (``k ~ phi``), what Bayesian
-averaging (method.md §7) evaluates.
+averaging (docs/method.md §7) evaluates.
 
 Example::
 

@@ -2,7 +2,7 @@
 Priors are data: a declarative map from module selectors to prior settings.
 
 A :class:`PriorSpec` says which weights of a network are compressed and with
-which spike-and-slab prior and variational family (method.md §2, §3, §5). Each
+which spike-and-slab prior and variational family (docs/method.md §2, §3, §5). Each
 rule maps a *selector* to a dict of :class:`PriorSettings` fields, or to
 ``None`` (equivalently the string ``"dense"``) to keep the matched modules
 dense. Selectors are
@@ -170,7 +170,7 @@ def _check_values(d):
 @dataclass(frozen=True)
 class PriorSettings:
     """
-    Prior and guide settings of one compressed layer (method.md §2, §3, §5).
+    Prior and guide settings of one compressed layer (docs/method.md §2, §3, §5).
 
     Values are checked on construction; a bad one raises :class:`ValueError`
     naming the field, the value and what is allowed.
@@ -186,7 +186,7 @@ class PriorSettings:
     :param init_rho: initial ρ; ``None`` (or ``"auto"``) means ``5 * gate_temperature``.
     :param str window: groups of a weight tensor: ``"layer"`` (one group),
         ``"equal"`` (``blocks`` equal-count windows of the sorted weights) or
-        ``"outlier"`` (outlier-aware windows, method.md §5; needs ``blocks >= 3``),
+        ``"outlier"`` (outlier-aware windows, docs/method.md §5; needs ``blocks >= 3``),
         ``"channel"`` (one group per output channel) or ``"columns"`` (one group per
         output channel and run of ``group_size`` input columns); see
         :mod:`sqs_pyro.guides.channels`.

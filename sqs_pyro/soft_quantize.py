@@ -2,7 +2,7 @@
 The hot path of SQS: component probabilities and the posterior-mean weight.
 
 Every compressed weight ``theta_i`` has a posterior mean
-``gamma_i * sum_k phi_ik mu_k`` (method.md §4): the likelihood is evaluated there
+``gamma_i * sum_k phi_ik mu_k`` (docs/method.md §4): the likelihood is evaluated there
 on every training step, so this is the one place to make fast. The component
 probabilities ``phi_ik`` are not free parameters: they are a tempered softmax of
 the mixture responsibilities of the (frozen) anchor weight ``w_i``.
@@ -73,7 +73,7 @@ def responsibility_logits(anchor, locs, scales, logits):
 def component_probs(anchor, locs, scales, logits, tau):
     """
     ``phi_ik = softmax_k(r_ik / tau)`` where ``r_ik`` are the mixture
-    responsibilities of the anchor ``w_i`` (method.md §3).
+    responsibilities of the anchor ``w_i`` (docs/method.md §3).
 
     :param float tau: temperature; small values make ``phi`` nearly one-hot.
     """
@@ -531,7 +531,7 @@ def component_expectations(
     ``values = (locs, c)`` this gives both the posterior-mean weight before
     its gate, ``m_i = sum_k phi_ik mu_k``, and a per-weight cost
     ``e_i = sum_k phi_ik c_k``, e.g. the Jensen KL term with ``c_k`` the
-    per-component KL (method.md §4).
+    per-component KL (docs/method.md §4).
 
     The fused version (default) is a custom autograd function: nothing of
     size ``weights x K`` is kept for backward; ``phi`` is recomputed there,

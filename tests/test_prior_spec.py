@@ -229,7 +229,7 @@ def test_bert(bert):
     assert list(resolved)[:3] == [f"encoder.layer.0.attention.self.{p}.weight" for p in ("query", "key", "value")]
     assert all(s.num_components == 8 for s in resolved.values())
 
-    # method.md §8: BERT compresses Q/K/V and the attention output, nothing else.
+    # docs/method.md §8: BERT compresses Q/K/V and the attention output, nothing else.
     spec = PriorSpec(
         {
             "re:.*attention\\.self\\.(query|key|value)": {"tau": 5e-4},

@@ -1,6 +1,6 @@
 """
 Baselines beside SQS, on the same base network, layers, data, ``K``, target
-sparsity, writer and evaluation (issue 3; method.md §10):
+sparsity, writer and evaluation (issue 3; docs/method.md §10):
 
 * magnitude pruning + uniform round-to-nearest (:mod:`.rtn`),
 * Deep-Compression-style prune -> fine-tune -> k-means (:mod:`.deep_compression`),

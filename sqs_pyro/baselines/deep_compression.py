@@ -1,7 +1,7 @@
 """
 Deep-Compression-style sequential compression: prune, fine-tune, then quantize
 (Han, Mao & Dally, ICLR 2016) -- the prune-then-quantize pipeline SQS is
-contrasted with (method.md §10).
+contrasted with (docs/method.md §10).
 
 1. **Prune**: global magnitude pruning of the compressed weights to the target
    sparsity, in one shot (one threshold over all compressed layers).

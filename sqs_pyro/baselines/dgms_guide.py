@@ -1,6 +1,6 @@
 """
 DGMS, the baseline SQS builds on, as a guide: a Gaussian mixture per group of
-weights with one component pinned at zero, no spike and no gate (method.md §10).
+weights with one component pinned at zero, no spike and no gate (docs/method.md §10).
 
 Per group ``g``: ``K`` trainable nonzero means ``mu_g1..mu_gK`` plus the zero
 component ``mu_g0 = 0`` (a buffer, never trained), ``K + 1`` stds ``sigma_g``

@@ -1,6 +1,6 @@
 r"""
 The SQS posterior parameterized by its anchors, with a memory-efficient mean
-and KL (method.md §3, §4).
+and KL (docs/method.md §3, §4).
 
 In SQS the component probabilities are not free: ``phi_ik`` is a tempered
 softmax of the mixture responsibilities of the anchor weight ``w_i``.

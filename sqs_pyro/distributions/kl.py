@@ -1,5 +1,5 @@
 r"""
-The Jensen upper bound on ``KL(SparseGMM || SpikeSlab)`` (method.md §4).
+The Jensen upper bound on ``KL(SparseGMM || SpikeSlab)`` (docs/method.md §4).
 
 Both measures put an atom at zero, so per weight the KL splits exactly into a
 Bernoulli part and the slab part, and the mixture-vs-slab KL is bounded by

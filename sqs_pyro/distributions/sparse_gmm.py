@@ -1,5 +1,5 @@
 """
-The SQS variational family: a spike at zero plus a Gaussian mixture (method.md §3).
+The SQS variational family: a spike at zero plus a Gaussian mixture (docs/method.md §3).
 """
 
 import torch

@@ -1,5 +1,5 @@
 """
-The spike-and-slab prior of SQS (method.md §2).
+The spike-and-slab prior of SQS (docs/method.md §2).
 """
 
 import torch
@@ -8,7 +8,7 @@ from torch.distributions import constraints
 from pyro.distributions import Normal, TorchDistribution
 from pyro.distributions.util import broadcast_shape
 
-#: Scale of the default Normal slab (method.md §2: ``sigma_0 = 3``).
+#: Scale of the default Normal slab (docs/method.md §2: ``sigma_0 = 3``).
 DEFAULT_SLAB_SCALE = 3.0
 
 

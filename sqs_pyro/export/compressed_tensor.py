@@ -2,7 +2,7 @@
 One compressed weight tensor: a codebook, the codebook index of every kept
 weight, the sparsity mask and (optionally) a few outliers kept verbatim.
 
-This is the greedy MAP weight of method.md §7 in its compressed form. Weight
+This is the greedy MAP weight of docs/method.md §7 in its compressed form. Weight
 ``i`` (row-major flat index) is
 
 * ``outlier_values[j]`` if ``i == outlier_index[j]``,

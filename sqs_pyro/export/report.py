@@ -1,6 +1,6 @@
 """
 Size accounting of a compressed file: the paper's compression rate next to
-the honest figures (method.md §7).
+the honest figures (docs/method.md §7).
 
 * **paper CR** ``= 32 / (log2 K x nonzero fraction)``, over the compressed layers
   only, ignoring mask, codebooks, outliers and everything left dense

@@ -58,7 +58,7 @@ class CompressConfig:
     every gate closes (measured: 99.97% sparsity, chance accuracy on
     Fashion-MNIST), so the cubic schedule, not the KL, must set the sparsity.
     The paper's research code also weights the KL differently from the proper
-    ELBO (method.md §8).
+    ELBO (docs/method.md §8).
 
     ``recipe`` names a preset of :mod:`sqs_pyro.run.recipes` (``"sqs"``, the
     default, or ``"paper"``); the fields it sets (``score``, ``gates``,
@@ -297,7 +297,7 @@ def _drop_none(d):
 
 def default_prior_for(arch, num_components=16):
     """
-    The architecture's default compressed modules (method.md §8): every
+    The architecture's default compressed modules (docs/method.md §8): every
     ``Conv2d`` of the ResNets (the paper's choice; FC and BN stay dense); for
     the small CNN every conv and the hidden FC layer (the bulk of its
     weights), the output layer dense.

@@ -1,7 +1,7 @@
 """
 Recipes: named presets of how a compression run trains the SQS posterior.
 
-A recipe fixes the choices that the method leaves open (method.md §6): which
+A recipe fixes the choices that the method leaves open (docs/method.md §6): which
 score the pruning schedule ranks by, whether gates are learned or set by the
 mask, whether the anchors (the continuous weights behind the component
 probabilities) move, when the last mask falls, and how the learning rate
@@ -28,7 +28,7 @@ that the user leaves unset from ``compress.recipe``; a field set explicitly wins
   leaving 70% to recover; ``lr_schedule = "cosine"``.
 
 ``"paper"`` reproduces the paper's choices (Wang et al. 2025; their released
-code, method.md §6, §8): score ``rho``, learned gates, frozen anchors, no refit,
+code, docs/method.md §6, §8): score ``rho``, learned gates, frozen anchors, no refit,
 pruning between 5/11 and 9/11 of the run (epochs 5 to 9 of 11), cosine learning rate.
 
 Example::

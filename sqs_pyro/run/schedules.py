@@ -1,5 +1,5 @@
 """
-Sparsification schedules (method.md §6).
+Sparsification schedules (docs/method.md §6).
 
 The paper prunes on the cubic schedule of Zhu & Gupta (2017): between steps
 ``t0`` and ``t1`` the target sparsity rises from ``s_i`` to ``s_f`` as

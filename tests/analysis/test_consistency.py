@@ -1,4 +1,4 @@
-"""The consistency simulation (method.md §9): runs, convergence, summaries, determinism, the committed results."""
+"""The consistency simulation (docs/method.md §9): runs, convergence, summaries, determinism, the committed results."""
 
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""Windows for long-tailed layers (method.md §5): equal-count and outlier-aware (SQS) groupings."""
+"""Windows for long-tailed layers (docs/method.md §5): equal-count and outlier-aware (SQS) groupings."""
 
 from types import SimpleNamespace
 
