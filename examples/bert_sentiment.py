@@ -34,12 +34,11 @@ from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, exp
 from sqs_pyro.run.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenizedClassification  # noqa: E402
-from sqs_pyro.guides import SQSGuide  # noqa: E402
-from sqs_pyro.models import Categorical, SQSModel  # noqa: E402
+from sqs_pyro.models import Categorical  # noqa: E402
 from sqs_pyro.models.transformers import classification_accuracy, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.guides import compressed_weights  # noqa: E402
 from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
-from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
+from sqs_pyro.run.fit import fit_sqs  # noqa: E402
 
 SIZES = {
     "smoke": dict(train=96, test=48, max_length=24, batch_size=16, base_epochs=1, sqs_epochs=1.0, base_lr=2e-3),
@@ -206,16 +205,12 @@ def run_sqs(base, train, args, sparsity, run_dir):
     if not args.train_dense:
         net.requires_grad_(False)  # only the variational parameters train
     spec = default_prior_spec(net, num_components=args.num_components, tau=args.tau, inclusion_prob=args.inclusion_prob)
-    model = SQSModel(net, spec, Categorical(), num_data=len(train))
-    guide = SQSGuide(model)
     cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.sqs_epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.1,
                          prune_end=0.6, score=args.score, checkpoint_every=10**9, log_every=10)
-    trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
-                         progress=args.progress)
-    with Timer() as t:
-        state = trainer.run()
-    return model, guide, t.seconds, (state.history[-1] if state.history else {})
+    fit = fit_sqs(net, spec, Categorical(), train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
+                  progress=args.progress)
+    return fit.model, fit.guide, fit.train_seconds, (fit.state.history[-1] if fit.state.history else {})
 
 
 # ------------------------------------------------------------------ main

@@ -36,13 +36,12 @@ from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, mar
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
 from sqs_pyro.export import save, size_report  # noqa: E402
-from sqs_pyro.guides import SQSGuide  # noqa: E402
-from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
+from sqs_pyro.models import CausalLM  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.guides import compressed_weights  # noqa: E402
 from sqs_pyro.models.transformers_io import export_pretrained  # noqa: E402
 from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
-from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
+from sqs_pyro.run.fit import fit_sqs  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZES = {
@@ -171,20 +170,16 @@ def run_sqs(base, train, args, spec, sparsity, run_dir):
     pyro.clear_param_store()
     net = copy.deepcopy(base)
     net.requires_grad_(False)  # only the variational parameters train: the comparison isolates the quantizer
-    model = SQSModel(net, spec, CausalLM(), num_data=len(train), forward=causal_lm_forward)
-    with Timer() as init:
-        guide = SQSGuide(model)
     epochs = args.steps * args.batch_size / len(train)
     cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.0,
                          prune_end=0.5, score="magnitude", checkpoint_every=10**9, log_every=1)
-    trainer = SQSTrainer(model, guide, train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
-                         progress=args.progress)
-    with Timer() as t:
-        state = trainer.run()
-    return model, guide, {"init_seconds": init.seconds, "train_seconds": t.seconds, "steps": state.step,
-                          "first_log": state.history[0] if state.history else None,
-                          "last_log": state.history[-1] if state.history else None}
+    fit = fit_sqs(net, spec, CausalLM(), train, cfg, out_dir=run_dir, batch_size=args.batch_size, seed=args.seed,
+                  forward=causal_lm_forward, progress=args.progress)
+    state = fit.state
+    return fit.model, fit.guide, {"init_seconds": fit.init_seconds, "train_seconds": fit.train_seconds,
+                                  "steps": state.step, "first_log": state.history[0] if state.history else None,
+                                  "last_log": state.history[-1] if state.history else None}
 
 
 def layer_sizes(path, compressed, dense_bytes):

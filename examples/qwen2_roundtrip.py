@@ -26,12 +26,11 @@ from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noq
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
 from sqs_pyro.export import size_report  # noqa: E402
-from sqs_pyro.guides import SQSGuide  # noqa: E402
-from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
+from sqs_pyro.models import CausalLM  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.guides import compressed_weights  # noqa: E402
 from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained  # noqa: E402
-from sqs_pyro.run.trainer import SQSTrainer  # noqa: E402
+from sqs_pyro.run.fit import fit_sqs  # noqa: E402
 
 SIZES = {
     "smoke": dict(hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2, windows=8, seq_len=32, steps=4),
@@ -89,15 +88,14 @@ def main(argv=None):
         pyro.clear_param_store()
         net = copy.deepcopy(base).requires_grad_(False)
         spec = default_prior_spec(net, num_components=args.num_components, window=args.window)
-        model = SQSModel(net, spec, CausalLM(), num_data=len(data), forward=causal_lm_forward)
-        guide = SQSGuide(model)
         batch = 4
         ccfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=size["steps"] * batch / len(data), lr=1e-3, gate_lr=0.0, kl_weight=args.kl_weight,
                               pruning="cubic", sparsity=args.sparsity, prune_start=0.0, prune_end=0.5,
                               score="magnitude", checkpoint_every=10**9, log_every=1)
         with Timer() as t_fit:
-            state = SQSTrainer(model, guide, data, ccfg, out_dir=args.out, batch_size=batch, seed=args.seed,
-                               progress=args.progress).run()
+            fit = fit_sqs(net, spec, CausalLM(), data, ccfg, out_dir=args.out, batch_size=batch, seed=args.seed,
+                          forward=causal_lm_forward, progress=args.progress)
+        model, guide, state = fit.model, fit.guide, fit.state
 
         # export, load, generate
         compressed, greedy = compressed_weights(model, guide, codebook_dtype="float16")

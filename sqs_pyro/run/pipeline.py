@@ -27,11 +27,12 @@ from ..guides import SQSGuide, compressed_weights, greedy_map, hard_assignment, 
 from ..models import Categorical, SQSModel
 from ..models.cnn import build_cnn
 from .checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint, state_digest
-from .files import BASE_NAME, CHECKPOINT_NAME, EXPORT_NAME
 from .distributed import barrier, is_main_process, local_device
+from .files import BASE_NAME, CHECKPOINT_NAME, EXPORT_NAME
+from .fit import fit_sqs
 from .identity import check_identity, run_identity
 from .train_base import evaluate_accuracy, train_classifier
-from .trainer import SQSTrainer, TensorData
+from .trainer import TensorData
 
 
 
@@ -119,28 +120,31 @@ def identity_of(cfg, net):
     return run_identity(cfg, state_digest(net.state_dict()))
 
 
-def build_model_and_guide(cfg, net, num_data):
-    """The Pyro model (network + prior spec + likelihood) and the SQS guide."""
+def _module_local_params():
     # guide parameters live in the guide (not Pyro's global store), so several
     # guides with the same site names can coexist and torch optimizers see them
     pyro.settings.set(module_local_params=True)
+
+
+def build_model_and_guide(cfg, net, num_data):
+    """The Pyro model (network + prior spec + likelihood) and the SQS guide."""
+    _module_local_params()
     model = SQSModel(net, cfg.prior, Categorical(), num_data=num_data)
     return model, SQSGuide(model)
 
 
 def compress(cfg, net, train, device, resume=False, progress=True):
-    """Fit the SQS posterior (paper schedule or posterior pruning). Returns ``(model, guide, trainer)``."""
+    """Fit the SQS posterior (paper schedule or posterior pruning) with the run's config
+    (:func:`~sqs_pyro.run.fit.fit_sqs`). Returns ``(model, guide, trainer)``."""
     identity = identity_of(cfg, net)
     seed_everything(cfg.seed)
-    model, guide = build_model_and_guide(cfg, net, len(train))
-    guide.to(device)
+    _module_local_params()
     x, y = train.tensors
-    trainer = SQSTrainer(model, guide, TensorData(x, y), cfg.compress, out_dir=cfg.out_dir,
-                         batch_size=cfg.data.batch_size, seed=cfg.seed, progress=progress,
-                         to_device=lambda b: (b[0].to(device), b[1].to(device)))
-    trainer.identity = model.run_identity = identity
-    trainer.run(resume=resume)
-    return model, guide, trainer
+    fit = fit_sqs(net, cfg.prior, Categorical(), TensorData(x, y), cfg.compress, out_dir=cfg.out_dir,
+                  batch_size=cfg.data.batch_size, seed=cfg.seed, num_data=len(train), device=device,
+                  to_device=lambda b: (b[0].to(device), b[1].to(device)), progress=progress, resume=resume,
+                  identity=identity)
+    return fit.model, fit.guide, fit.trainer
 
 
 def load_compressed_run(cfg, net, num_data, device):
