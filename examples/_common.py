@@ -32,13 +32,16 @@ class Timer:
 
 def export_and_reload(path, net, compressed, *, metadata=None, entropy_coded=True):
     """
-    Save ``net`` with ``compressed`` (plain, and entropy coded beside it), each
-    file read back as a fresh transformers model and checked bit-exact to ``net``
-    (:func:`~sqs_pyro.models.transformers_io.export_pretrained`).
+    Save ``net`` with ``compressed`` (plain, and entropy coded beside it), the
+    plain file read back as a fresh transformers model and checked bit-exact to
+    ``net`` (:func:`~sqs_pyro.models.transformers_io.export_pretrained`).
 
     :returns: ``(reloaded_net, info)``: the plain file's model and the size reports of both files.
     """
-    files = export_pretrained(path, net, compressed, metadata=metadata, entropy_coded=entropy_coded)
+    # the entropy-coded twin is written and measured, not reloaded: a reload builds a model from torch's global
+    # random generator, and the grid's later fits draw from it (their numbers stay those of the committed results)
+    files = export_pretrained(path, net, compressed, metadata=metadata, entropy_coded=entropy_coded,
+                              reload_entropy_coded=False)
     info = {"path": files["plain"].path, "report": files["plain"].report}
     if entropy_coded:
         info["ec_path"], info["ec_report"] = files["entropy_coded"].path, files["entropy_coded"].report

@@ -157,17 +157,21 @@ def load_compressed_pretrained(path, model_class=None, dtype=torch.float32):
     return net.eval()
 
 
-def export_pretrained(path, net, compressed, *, metadata=None, codebook_dtype="float16", entropy_coded=True):
+def export_pretrained(path, net, compressed, *, metadata=None, codebook_dtype="float16", entropy_coded=True,
+                      reload_entropy_coded=True):
     """
     :func:`sqs_pyro.export.export_checked` for a transformers model: written with
     :func:`save_compressed_pretrained`, read back with :func:`load_compressed_pretrained`
     (a fresh model from the file alone) and checked bit-exact to ``net``.
 
+    Loading builds a fresh model, which draws from torch's global random generator;
+    ``reload_entropy_coded=False`` reads back the plain file only.
+
     :returns: ``{"plain": ExportedFile[, "entropy_coded": ExportedFile]}``.
     """
     return export_checked(path, net, compressed, metadata=metadata, codebook_dtype=codebook_dtype,
                           entropy_coded=entropy_coded, writer=save_compressed_pretrained,
-                          reader=load_compressed_pretrained)
+                          reader=load_compressed_pretrained, reload_entropy_coded=reload_entropy_coded)
 
 
 def export_sqs(path, model, guide, *, codebook_dtype="float16", prune="posterior", entropy_coded=False, metadata=None):

@@ -40,7 +40,7 @@ class ExportedFile:
     bytes: int
     report: SizeReport
     manifest: dict  #: what the writer returned (the file's manifest)
-    reloaded: torch.nn.Module  #: the network rebuilt from the file alone, bit-exact to the exported one
+    reloaded: torch.nn.Module  #: the network rebuilt from the file alone, bit-exact (None: not reloaded)
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def _save_module(path, net, compressed, *, metadata, codebook_dtype, entropy_cod
 
 
 def export_checked(path, net, compressed, *, metadata=None, codebook_dtype="float16", entropy_coded=True,
-                   writer=None, reader=None):
+                   writer=None, reader=None, reload_entropy_coded=True):
     """
     Save ``net`` with its ``compressed`` tensors (every other tensor of its state
     dict dense) to ``path`` and, with ``entropy_coded``, to
@@ -80,6 +80,9 @@ def export_checked(path, net, compressed, *, metadata=None, codebook_dtype="floa
         models pass :func:`~sqs_pyro.models.transformers_io.save_compressed_pretrained`).
     :param reader: ``reader(path) -> nn.Module`` (default: :func:`~sqs_pyro.export.load_into`
         a copy of ``net``, strict: every tensor must come from the file).
+    :param bool reload_entropy_coded: also read back and check the entropy-coded file
+        (``False``: written and measured only; a reader that builds a fresh model draws
+        from torch's global random generator, which a caller may need untouched).
     :returns: ``{"plain": ExportedFile[, "entropy_coded": ExportedFile]}``.
     :raises RuntimeError: if a reloaded tensor differs from ``net``'s.
     """
@@ -92,7 +95,11 @@ def export_checked(path, net, compressed, *, metadata=None, codebook_dtype="floa
     out = {}
     for kind, p in paths.items():
         manifest = writer(p, net, compressed, metadata=metadata or {}, codebook_dtype=codebook_dtype,
-               entropy_coded=kind == "entropy_coded")
+                          entropy_coded=kind == "entropy_coded")
+        if kind == "entropy_coded" and not reload_entropy_coded:
+            out[kind] = ExportedFile(kind=kind, path=p, bytes=os.path.getsize(p), report=size_report(p),
+                                     manifest=manifest, reloaded=None)
+            continue
         if reader is None:
             reloaded = copy.deepcopy(net)
             load_into(reloaded, p)

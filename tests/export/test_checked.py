@@ -50,3 +50,10 @@ def test_apply_compressed_writes_in_place():
     other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     assert apply_compressed(other, compressed) is other
     assert torch.equal(other[0].weight, compressed["0.weight"].to_dense())
+
+
+def test_entropy_coded_file_written_but_not_reloaded_on_request(tmp_path):
+    net, compressed = _net_and_compressed()
+    files = export_checked(str(tmp_path / "m.safetensors"), net, compressed, reload_entropy_coded=False)
+    assert files["plain"].reloaded is not None and files["entropy_coded"].reloaded is None
+    assert files["entropy_coded"].bytes == os.path.getsize(files["entropy_coded"].path)
