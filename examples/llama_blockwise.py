@@ -125,6 +125,16 @@ def layer_bits(path, compressed):
             "compressed_weights": out["plain"].numel, "compressed_stored_bytes": out["plain"].stored_bytes}
 
 
+def results_stem(args):
+    """``llama_blockwise_smollm2_<window>_K<K>[_s<sparsity>_<score>]`` (``llama_blockwise_smoke`` for --smoke)."""
+    if args.smoke:
+        return "llama_blockwise_smoke"
+    tag = f"{args.window}_K{args.num_components}"
+    if args.sparsity > 0:
+        tag += f"_s{round(100 * args.sparsity)}_{args.score}"
+    return "llama_blockwise_smollm2_" + tag
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
@@ -203,7 +213,7 @@ def main(argv=None):
                f"blocks {rows['blocks_seconds']:.0f}s, total {rows['total_seconds']:.0f}s")
     say(summary)
     md = f"# Block-wise SQS, SmolLM2-135M-Instruct\n\n{summary}\n\n```json\n{json.dumps(rows, indent=2)}\n```"
-    write_results(results, md, "llama_blockwise" + ("_smoke" if args.smoke else ""), [args.out, args.results_dir])
+    write_results(results, md, results_stem(args), [args.out, args.results_dir])
     return results
 
 
