@@ -68,7 +68,7 @@ CAVEAT = ("SmolLM2-135M-Instruct arrives as a Q4_1 GGUF (blocks of 32 weights wi
           "the fp32 base is that model dequantized, so a method whose grid matches Q4_1's 32-weight blocks "
           "can reproduce it almost exactly. It is the Instruct fine-tune; the text is gensim's Wikipedia "
           "excerpt, not WikiText.")
-SQS_RESULTS = "benchmarks/results/llama_smollm2_wikipedia_full_rerun.json"
+SQS_RESULTS = "benchmarks/results/llama_blockwise_smollm2_*.json"  # examples/llama_blockwise.py runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,26 +424,33 @@ def run_baselines(baselines, done, folder, tokenizer, calib, held, names, args):
     return rows
 
 
-def sqs_rows(path=SQS_RESULTS):
-    """The SQS rows (outlier-aware windows) of the example's last full run, labelled with where they come from."""
-    p = ROOT / path
-    if not p.exists():
-        return []
+def sqs_rows(pattern=SQS_RESULTS):
+    """
+    The SQS rows: one per block-wise run of ``examples/llama_blockwise.py`` whose
+    results were copied to ``benchmarks/results/llama_blockwise_smollm2_<config>.json``.
+    """
     rows = []
-    for r in json.loads(p.read_text())["rows"]:
-        if r["method"].startswith("SQS") and r.get("window") == "outlier":
-            rows.append({"method": f"SQS K={r['K']} (8 SVI steps)", "library": "sqs-pyro", "bits": None, "group_size": None,
-                         "target_sparsity": r["target_sparsity"], "sparsity": r["sparsity"], "perplexity": r["perplexity"],
-                         "bits_per_weight": r["bits_per_weight"], "ec_bits_per_weight": r["ec_bits_per_weight"],
-                         "source": path})
+    for p in sorted(ROOT.glob(pattern)):
+        r = json.loads(p.read_text())
+        st = r["settings"]
+        group = {"channel": "per output channel", "columns": f"columns of {st.get('group_size')}"}.get(st["window"],
+                                                                                                    st["window"])
+        label = f"SQS block-wise K={st['num_components']}, {st['steps']} steps x batch {st['batch_size']}"
+        if st.get("sparsity"):
+            label += f", {st['sparsity']:.0%} sparse by {st.get('score', 'magnitude')}"
+        rows.append({"method": label, "library": "sqs-pyro", "version": r.get("version"), "bits": None,
+                     "group_size": group, "sparsity": r["sparsity"], "perplexity": r.get("perplexity"),
+                     "bits_per_weight": r["bits_per_weight"], "ec_bits_per_weight": r["ec_bits_per_weight"],
+                     "layer_file_bytes": r["compressed_stored_bytes"],
+                     "file_bits_per_weight": 8 * r["compressed_stored_bytes"] / r["compressed_weights"],
+                     "compress_seconds": r["blocks_seconds"], "calibration": r["calibration"],
+                     "source": str(p.relative_to(ROOT))})
     return rows
 
 
-def sqs_base_perplexity(path=SQS_RESULTS):
-    p = ROOT / path
-    if not p.exists():
-        return None
-    return next((round(r["perplexity"], 3) for r in json.loads(p.read_text())["rows"] if r["method"].startswith("base")), None)
+def sqs_base_perplexity(pattern=SQS_RESULTS):
+    found = [json.loads(p.read_text()).get("base_perplexity") for p in sorted(ROOT.glob(pattern))]
+    return next((round(x, 3) for x in found if x is not None), None)
 
 
 def _f(value, fmt):
@@ -468,12 +475,15 @@ def markdown(results):
             f"| {_f(r.get('bits_per_weight'), '{:.3f}')} | {_f(side, '{:.3f}')} | {_f(parts.get('mask'), '{:.3f}')} "
             f"| {file_cell} | {_f(r.get('compress_seconds'), '{:.0f} s')} |")
     m = results["machine"]
-    sqs_note = (f"SQS rows: from `{SQS_RESULTS}` (examples/llama_wikipedia.py, same held-out windows and matrices, "
-                "outlier-aware windows, 8 SVI steps of batch 4 per configuration; its honest bits count codebooks, "
-                "codes and mask; entropy coded: " + ", ".join(f"{r['method']} {r['target_sparsity']:.0%}: "
-                                                              f"{r['ec_bits_per_weight']:.2f}" for r in results["sqs_rows"])
-                + f"). Base perplexity in that run: {results.get('sqs_base_perplexity') or '—'} (here transformers 5.17; "
-                  "the project's venv holds 5.24).")
+    sqs_note = ("SQS rows: block-wise runs of `examples/llama_blockwise.py` (results in "
+                f"`{SQS_RESULTS}`): each decoder layer fitted on its own Gaussian likelihood around the teacher "
+                "layer's output, on " + ", ".join(sorted({f"{c[0]} x {c[1]}" for c in
+                                                          (r["calibration"] for r in results["sqs_rows"])}))
+                + " calibration tokens, one codebook per output channel (fp16, counted), then reloaded from its file "
+                "and scored on the same held-out windows and matrices; honest bits count codebooks, codes and "
+                "masks (entropy coded: " + ", ".join(f"{r['ec_bits_per_weight']:.2f}" for r in results["sqs_rows"])
+                + "); the file column is the compressed layers' stored bytes; time is the block fits' wall clock. "
+                f"Base perplexity in those runs: {results.get('sqs_base_perplexity') or '—'}.")
     return "\n".join([
         f"# SmolLM2-135M: SQS against the LLM quantizers — size `{results['size']}`",
         "",

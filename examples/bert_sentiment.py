@@ -65,8 +65,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of codebooks (and dense weights)")
     p.add_argument("--gate-lr", type=float, default=0.0,
                    help="Adam learning rate of the gate logits rho; 0 (default) keeps gates at their initial gamma ~ 0.993 and sparsity comes from the cubic schedule alone: under Adam the KL drives every gate below 0.5 after about init_rho / gate_lr steps whatever kl_weight is (see docs/transformers.md)")
-    p.add_argument("--score", choices=("magnitude", "rho"), default="magnitude",
-                   help="pruning score of the cubic schedule (the paper's BERT runs use rho)")
+    p.add_argument("--score", choices=("magnitude", "rho", "wanda"), default="magnitude",
+                   help="pruning score of the cubic schedule (the paper's BERT runs use rho; wanda: |W_ij| ||X_j||, "
+                        "the layer's inputs seen)")
+    p.add_argument("--window", default="layer",
+                   help="codebook groups of each matrix: layer (one codebook), channel (one per output row), "
+                        "outlier, equal, ...; the baselines use the same groups")
     p.add_argument("--train-dense", action="store_true", help="also train the uncompressed weights during SQS")
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffled batches (default: batches of similar-length tweets, less padding)")
@@ -204,7 +208,8 @@ def run_sqs(base, train, args, sparsity, run_dir):
     net = copy.deepcopy(base)
     if not args.train_dense:
         net.requires_grad_(False)  # only the variational parameters train
-    spec = default_prior_spec(net, num_components=args.num_components, tau=args.tau, inclusion_prob=args.inclusion_prob)
+    spec = default_prior_spec(net, num_components=args.num_components, tau=args.tau, inclusion_prob=args.inclusion_prob,
+                              window=args.window)
     cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.sqs_epochs, lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight,
                          pruning="cubic" if sparsity > 0 else "none", sparsity=sparsity, prune_start=0.1,
                          prune_end=0.6, score=args.score, checkpoint_every=10**9, log_every=10)
@@ -223,7 +228,7 @@ def compress_config(base, train, test, args, spec, sparsity, tag, data_desc, mod
     reloaded, info = export_and_reload(os.path.join(args.out, f"sqs_{tag}.safetensors"), greedy, compressed,
                                        metadata={"method": "sqs", "data": data_desc, "base": model_desc})
     acc = classification_accuracy(reloaded, test)
-    rows = [{"method": "SQS (greedy MAP)", "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
+    rows = [{"method": "SQS (greedy MAP)", "K": args.num_components, "window": args.window, "target_sparsity": sparsity,
              "accuracy": acc, "train_seconds": seconds, "final_log": {k: last.get(k) for k in
              ("loss_per_example", "data", "kl_total", "sparsity", "posterior_sparsity")}, **size_columns(info)}]
     print(f"SQS {tag}: accuracy {acc:.4f}, sparsity {rows[-1]['sparsity']:.3f}, {seconds:.0f}s", flush=True)
@@ -235,7 +240,7 @@ def compress_config(base, train, test, args, spec, sparsity, tag, data_desc, mod
                                            metadata={"method": method, "data": data_desc, "base": model_desc})
         acc = classification_accuracy(reloaded, test)
         label = {"rtn": "magnitude + RTN", "kmeans": "magnitude + k-means"}[method]
-        rows.append({"method": label, "K": args.num_components, "window": "layer", "target_sparsity": sparsity,
+        rows.append({"method": label, "K": args.num_components, "window": args.window, "target_sparsity": sparsity,
                      "accuracy": acc, "train_seconds": t.seconds, **size_columns(info)})
         print(f"{label} {tag}: accuracy {acc:.4f}", flush=True)
     return rows
@@ -256,14 +261,14 @@ def main(argv=None):
         base, base_info = base_network(net, args, train)
         with Timer() as t:
             base_acc = classification_accuracy(base, test)
-        spec = default_prior_spec(base, num_components=args.num_components)
+        spec = default_prior_spec(base, num_components=args.num_components, window=args.window)
         modules = compressed_modules(base, spec)
         rows = [{"method": "fine-tuned base (fp32)", "accuracy": base_acc, "eval_seconds": t.seconds}]
         print(f"base accuracy {base_acc:.4f} on {len(test)} held-out tweets ({len(modules)} compressed modules)", flush=True)
 
         same = ("size", "train_subset", "test_subset", "max_length", "base_epochs", "base_checkpoint",
                 "num_components", "tau", "inclusion_prob", "kl_weight", "lr", "gate_lr", "sqs_epochs", "batch_size",
-                "group_by_length", "train_dense", "score", "seed", "baselines")
+                "group_by_length", "train_dense", "score", "window", "seed", "baselines")
         done = ConfigRows(args.out, args.resume, {key: getattr(args, key) for key in same})
         for sparsity in args.sparsities:
             tag = f"K{args.num_components}_s{int(round(100 * sparsity))}"
@@ -296,7 +301,8 @@ def main(argv=None):
           f"{len(train)} training / {len(test)} held-out tweets, max {args.max_length} tokens; "
           f"{len(modules)} compressed modules (attention Q/K/V/output); {torch.get_num_threads()} torch threads; "
           f"total {total.seconds / 60:.1f} min.\n\n" + markdown_table(rows, "accuracy"))
-    paths = write_results(results, md, f"bert_minilm_tweets_{args.size}", [args.out, args.results_dir])
+    stem = f"bert_minilm_tweets_{args.size}" + ("" if args.window == "layer" else f"_{args.window}_K{args.num_components}")
+    paths = write_results(results, md, stem, [args.out, args.results_dir])
     print(md)
     print("wrote", ", ".join(paths))
     return results

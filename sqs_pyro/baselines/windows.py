@@ -79,12 +79,13 @@ def windowed_quantize(weight, mask, grouping, num_components, quantize, codebook
         index = grouping.index.cpu()
         parts = [quantize(weight, mask & (index == g), num_components, codebook_dtype) for g in range(grouping.num_groups)]
         group_of_kept = index[mask]
+    positional = grouping.group_size is not None  # the position gives the group: codes are group-local, as SQS's
     codes = torch.empty(int(mask.sum()), dtype=torch.long)
     for g, ct in enumerate(parts):  # codes of group g come in row-major order of its kept weights
-        codes[group_of_kept == g] = ct.codes + g * num_components
+        codes[group_of_kept == g] = ct.codes + (0 if positional else g * num_components)
     codebook = torch.cat([ct.codebook for ct in parts])
     return CompressedTensor(tuple(weight.shape), codebook, codes, mask, outlier_index, outlier_values,
-                            num_components=num_components)
+                            num_components=num_components, group_size=grouping.group_size)
 
 
 @torch.no_grad()

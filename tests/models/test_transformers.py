@@ -228,7 +228,7 @@ def test_quantization_config_is_dropped_and_foreign_file_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["rtn", "kmeans"])
-@pytest.mark.parametrize("window", ["layer", "equal", "outlier"])
+@pytest.mark.parametrize("window", ["layer", "equal", "outlier", "channel"])
 def test_window_baselines(method, window):
     torch.manual_seed(0)
     net = tiny_llama()
@@ -258,3 +258,17 @@ def test_windowed_quantize_groups_use_their_own_codebook():
     dense = ct.to_dense()
     assert torch.all(dense[w < 0] < 0) and torch.all(dense[w > 0] > 0)
     assert torch.equal(ct.codes // 2, g.index.reshape(-1))
+
+
+def test_windowed_quantize_channels_store_group_local_codes():
+    """Per-channel groups are positional: codes cost log2 K bits, as SQS's, and each row decodes with its own codebook."""
+    from sqs_pyro.baselines import kmeans_quantize
+    from sqs_pyro.guides.channels import channel_groups
+
+    w = torch.randn(6, 40, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7).unsqueeze(1)
+    g = channel_groups(w)
+    ct = windowed_quantize(w, torch.ones_like(w, dtype=torch.bool), g, 4, kmeans_quantize)
+    assert ct.group_size == 40 and int(ct.codes.max()) < 4 and ct.bits_per_code == 2
+    dense = ct.to_dense()
+    for row in range(6):
+        assert set(dense[row].unique().tolist()) <= set(ct.codebook[4 * row : 4 * row + 4].tolist())
