@@ -438,6 +438,8 @@ def sqs_rows(pattern=SQS_RESULTS):
         label = f"SQS block-wise K={st['num_components']}, {st['steps']} steps x batch {st['batch_size']}"
         if st.get("sparsity"):
             label += f", {st['sparsity']:.0%} sparse by {st.get('score', 'magnitude')}"
+        label += (f", straight-through anchors (lr {st['anchor_lr']:g})" if st.get("anchors") == "straight-through"
+                  else ", frozen anchors")
         rows.append({"method": label, "library": "sqs-pyro", "version": r.get("version"), "bits": None,
                      "group_size": group, "sparsity": r["sparsity"], "perplexity": r.get("perplexity"),
                      "bits_per_weight": r["bits_per_weight"], "ec_bits_per_weight": r["ec_bits_per_weight"],

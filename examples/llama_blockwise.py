@@ -66,6 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--init", choices=["kmeans", "input"], default="kmeans",
                    help="codebook start: k-means, or k-means weighted by the inputs' second moments (the block "
                         "loss's diagonal Hessian)")
+    p.add_argument("--anchors", choices=["frozen", "straight-through"], default="frozen",
+                   help="straight-through: the weights' anchors train too (at --anchor-lr), so weights can change "
+                        "codebook entry (rounding learned on the block's loss)")
+    p.add_argument("--anchor-lr", type=float, default=1e-4)
     p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="Adam learning rate of the codebooks (SmolLM2 layer 0, relative error on a minibatch after "
@@ -126,12 +130,14 @@ def layer_bits(path, compressed):
 
 
 def results_stem(args):
-    """``llama_blockwise_smollm2_<window>_K<K>[_s<sparsity>_<score>]`` (``llama_blockwise_smoke`` for --smoke)."""
+    """``llama_blockwise_smollm2_<window>_K<K>[_s<sparsity>_<score>][_st]`` (``llama_blockwise_smoke`` for --smoke)."""
     if args.smoke:
         return "llama_blockwise_smoke"
     tag = f"{args.window}_K{args.num_components}"
     if args.sparsity > 0:
         tag += f"_s{round(100 * args.sparsity)}_{args.score}"
+    if args.anchors == "straight-through":
+        tag += "_st"
     return "llama_blockwise_smollm2_" + tag
 
 
@@ -156,7 +162,8 @@ def main(argv=None):
     exclude = [] if args.layers is None else [rf"re:(?:.*\.)?layers\.(?!(?:{'|'.join(map(str, args.layers))})\.)\d+\..*"]
     spec = default_prior_spec(base, exclude=exclude, num_components=args.num_components, window=args.window,
                               blocks=args.blocks, tau=args.tau)
-    cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.steps * args.batch_size / len(calib), lr=args.lr,
+    recipe = {**TRANSFORMER_RECIPE, "anchors": args.anchors}
+    cfg = CompressConfig(**recipe, anchor_lr=args.anchor_lr, epochs=args.steps * args.batch_size / len(calib), lr=args.lr,
                          gate_lr=args.gate_lr, kl_weight=args.kl_weight, pruning="cubic" if args.sparsity > 0 else "none",
                          sparsity=args.sparsity, prune_start=0.0, prune_end=0.5, score=args.score,
                          checkpoint_every=max(1, args.steps // 4), log_every=max(1, args.steps // 20))
@@ -184,7 +191,7 @@ def main(argv=None):
         return None
     greedy = apply_compressed(base, compressed)
     if args.final_steps > 0:
-        final_cfg = CompressConfig(**TRANSFORMER_RECIPE, epochs=args.final_steps * args.batch_size / len(calib),
+        final_cfg = CompressConfig(**recipe, anchor_lr=args.anchor_lr, epochs=args.final_steps * args.batch_size / len(calib),
                                    lr=args.lr, gate_lr=args.gate_lr, kl_weight=args.kl_weight, pruning="none",
                                    checkpoint_every=max(1, args.final_steps // 2), log_every=1)
         with Timer() as t_final:

@@ -101,3 +101,19 @@ def test_llama_blockwise_smoke_and_resume(tmp_path):
     assert again["perplexity"] == first["perplexity"]
     final = _example("llama_blockwise").main(argv + ["--resume", "--final-steps", "2"])
     assert final["final_pass_seconds"] > 0 and final["perplexity"] > 1
+
+
+def test_llama_blockwise_straight_through_anchors_move_weights(tmp_path):
+    """With straight-through anchors the block loss changes which codebook entry a weight takes (rounding learned)."""
+    from sqs_pyro.export import load
+
+    # codebooks all but frozen (lr 1e-12): any change of entry is the anchors' doing
+    argv = ["--smoke", "-K", "4", "--window", "channel", "--steps", "6", "--layers", "0", "--no-eval", "--lr", "1e-12"]
+    runs = {}
+    for anchors in ("frozen", "straight-through"):
+        out = tmp_path / anchors
+        _example("llama_blockwise").main(argv + ["--anchors", anchors, "--anchor-lr", "1e-2", "--out", str(out)])
+        runs[anchors] = load(str(out / "blocks" / "block_000.sqs.safetensors"))[0]
+    assert set(runs["frozen"]) == set(runs["straight-through"])
+    moved = sum(int((runs["frozen"][n].codes != runs["straight-through"][n].codes).sum()) for n in runs["frozen"])
+    assert moved > 0
