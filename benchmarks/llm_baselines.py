@@ -58,11 +58,15 @@ from _machine import machine_info
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
-import llama_wikipedia  # noqa: E402  (the example's model, texts and windows)
 from _common import ConfigRows, write_results  # noqa: E402
 
+from sqs_pyro.data.smollm2 import load_smollm2, synthetic_texts, wikipedia_texts  # noqa: E402
 from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
-from sqs_pyro.models.transformers import causal_lm_perplexity, compressed_modules  # noqa: E402
+from sqs_pyro.models.transformers import causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
+
+#: Window sizes of examples/llama_wikipedia.py's sizes: the same calibration and held-out windows as its runs.
+SIZES = {"smoke": dict(train_windows=8, train_len=32, eval_len=32),
+         "full": dict(train_windows=256, train_len=256, eval_len=512)}
 
 CAVEAT = ("SmolLM2-135M-Instruct arrives as a Q4_1 GGUF (blocks of 32 weights with a scale and a minimum); "
           "the fp32 base is that model dequantized, so a method whose grid matches Q4_1's 32-weight blocks "
@@ -146,7 +150,7 @@ def base_model_dir(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if not args.smoke:
-        llama_wikipedia.load_base(argparse.Namespace(size="full", cache=args.cache, seed=0))  # writes the cache
+        load_smollm2(args.cache)  # writes the cache
         return args.cache
     folder = os.path.join(args.out, "tiny_base")
     if not os.path.isdir(folder):
@@ -174,8 +178,8 @@ def load_tokenizer(args, folder):
 
 def windows(args, tokenizer):
     """``(calibration windows, held-out windows, description)``: the example's, cut to the run's sizes."""
-    size = llama_wikipedia.SIZES[args.size]
-    compress, held, desc = llama_wikipedia.load_texts(argparse.Namespace(size=args.size, seed=0))
+    size = SIZES[args.size]
+    compress, held, desc = synthetic_texts(0) if args.smoke else wikipedia_texts()
     train = TokenWindows.from_texts(tokenizer, compress, size["train_len"], size["train_windows"])
     held = TokenWindows.from_texts(tokenizer, held, size["eval_len"], args.eval_windows)
     return TokenWindows(train.tokens[: args.calib_windows]), held, desc
@@ -183,8 +187,7 @@ def windows(args, tokenizer):
 
 def target_names(net):
     """The modules SQS compresses (the example's prior spec, all layers): the same matrices here."""
-    return compressed_modules(net, llama_wikipedia.spec_for(net, argparse.Namespace(layers=None, blocks=4, tau=1e-3),
-                                                            "layer", 16))
+    return compressed_modules(net, default_prior_spec(net, num_components=16, window="layer"))
 
 
 def exact_names_pattern(names):

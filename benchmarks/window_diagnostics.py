@@ -24,7 +24,6 @@ Results go to ``benchmarks/results/window_diagnostics_<size>.{json,md}``.
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import pyro
@@ -32,16 +31,15 @@ import torch
 
 from _machine import machine_info
 
+from sqs_pyro.baselines.windows import window_baselines
+from sqs_pyro.data.smollm2 import load_smollm2, tiny_llama
+from sqs_pyro.guides import SQSGuide
+from sqs_pyro.models import CausalLM, SQSModel
+from sqs_pyro.models.transformers import causal_lm_forward, default_prior_spec
+from sqs_pyro.run.results import write_results
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
-
-import llama_wikipedia  # noqa: E402  (the example's model loading and prior specs)
-from _common import write_results  # noqa: E402
-
-from sqs_pyro.guides import SQSGuide  # noqa: E402
-from sqs_pyro.models import CausalLM, SQSModel  # noqa: E402
-from sqs_pyro.models.transformers import causal_lm_forward  # noqa: E402
-from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
+TAU, BLOCKS = 1e-3, 4  # examples/llama_wikipedia.py's defaults
 
 
 def largest_weight_errors(base, spec, method):
@@ -76,15 +74,14 @@ def main(argv=None):
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    example = llama_wikipedia.parse_args(["--smoke"] if args.smoke else [])
-    base, _, model_desc = llama_wikipedia.load_base(example)
+    base, _, model_desc = tiny_llama(0) if args.smoke else load_smollm2(str(ROOT / "runs" / "smollm2_fp32"))
     base.requires_grad_(False)
     rows = []
     for window in [w.strip() for w in args.windows.split(",") if w.strip()]:
         for k in [int(k) for k in args.num_components.split(",") if k.strip()]:
-            spec = llama_wikipedia.spec_for(base, example, window, k)
+            spec = default_prior_spec(base, num_components=k, window=window, blocks=BLOCKS, tau=TAU)
             start = time.perf_counter()
-            row = {"window": window, "K": k, "tau": example.tau, "soft_fraction": soft_fraction(base, spec)}
+            row = {"window": window, "K": k, "tau": TAU, "soft_fraction": soft_fraction(base, spec)}
             for method in ("kmeans", "rtn"):
                 errors = torch.tensor(list(largest_weight_errors(base, spec, method).values()))
                 row[method] = {"median_error": errors.median().item(), "matrices_over_50pct": int((errors > 0.5).sum()),
@@ -99,7 +96,7 @@ def main(argv=None):
              "",
              "Largest weight of each compressed matrix reproduced by per-window k-means / RTN at sparsity 0 "
              "(relative error), and the fraction of weights whose phi is not one-hot at the SQS initialization "
-             f"(tau = {example.tau}; the hot path computes those with all K components).", "",
+             f"(tau = {TAU}; the hot path computes those with all K components).", "",
              "| windows | K | k-means: median error | k-means: matrices > 50% | RTN: median error "
              "| RTN: matrices > 50% | soft weights |", "|" + " --- |" * 7]
     for r in rows:

