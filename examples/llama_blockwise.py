@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noqa: E402
-from llama_wikipedia import load_base, load_texts  # noqa: E402
 
 from sqs_pyro.run.blockwise import apply_compressed, compress_blocks, whole_model_pass  # noqa: E402
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
+from sqs_pyro.data.smollm2 import load_smollm2, synthetic_texts, tiny_llama, wikipedia_texts  # noqa: E402
 from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
 from sqs_pyro.run.distributed import init_from_env  # noqa: E402
 from sqs_pyro.export import save, size_report  # noqa: E402
@@ -95,7 +95,6 @@ def parse_args(argv=None):
     for key, value in SIZES[args.size].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.train_len = args.calib_len  # names llama_wikipedia.load_base / load_texts read
     args.out = args.out or os.path.join("runs", "llama_blockwise" + ("_smoke" if args.smoke else ""))
     args.cache = args.cache or os.path.join("runs", "smollm2_fp32")
     args.layers = None if args.layers == "all" else sorted({int(i) for i in args.layers.split(",") if i.strip()})
@@ -149,8 +148,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     say = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     start = time.perf_counter()
-    base, tokenizer, model_desc = load_base(args)
-    compress_texts, held_texts, data_desc = load_texts(args)
+    base, tokenizer, model_desc = tiny_llama(args.seed) if args.smoke else load_smollm2(args.cache)
+    compress_texts, held_texts, data_desc = synthetic_texts(args.seed) if args.smoke else wikipedia_texts()
     calib = TokenWindows.from_texts(tokenizer, compress_texts, args.calib_len, args.calib_windows)
     held = TokenWindows.from_texts(tokenizer, held_texts, SIZES[args.size]["eval_len"], args.eval_windows)
     say(f"{model_desc}; {len(calib)} x {calib.seq_len} calibration tokens; {world} process(es)")
