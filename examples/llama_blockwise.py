@@ -68,8 +68,11 @@ def parse_args(argv=None):
                         "loss's diagonal Hessian)")
     p.add_argument("--anchors", choices=["frozen", "straight-through"], default="frozen",
                    help="straight-through: the weights' anchors train too (at --anchor-lr), so weights can change "
-                        "codebook entry (rounding learned on the block's loss)")
-    p.add_argument("--anchor-lr", type=float, default=1e-4)
+                        "codebook entry (rounding learned on the block's loss); on SmolLM2 it took K=16 per-channel "
+                        "perplexity from 61.5 (frozen) to 33.7")
+    p.add_argument("--anchor-lr", type=float, default=1e-3,
+                   help="Adam learning rate of straight-through anchors (SmolLM2 layer 13, 64 steps: relative error "
+                        "3.91%% at 1e-4, 2.37%% at 3e-4, 1.77%% at 1e-3; 6.45%% frozen)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="beta on the KL (1 = the proper ELBO)")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="Adam learning rate of the codebooks (SmolLM2 layer 0, relative error on a minibatch after "
