@@ -180,6 +180,14 @@ def _sniff(path):
         )
 
 
+def _metadata(f):
+    """The header metadata of an open checkpoint, after checking that it is one."""
+    meta = f.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"format is {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    return meta
+
+
 def _open_verified(path):
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -189,9 +197,7 @@ def _open_verified(path):
     _sniff(path)
     try:
         with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+            meta = _metadata(f)
             if meta.get("format_version") != str(CHECKPOINT_VERSION):
                 raise ValueError(f"format version {meta.get('format_version')!r} is not {CHECKPOINT_VERSION}")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
@@ -237,9 +243,7 @@ def checkpoint_info(path, key):
     _sniff(path)
     try:
         with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format is {meta.get('format')!r}")
+            meta = _metadata(f)
         value = json.loads(meta["tree"]).get(key)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from None
