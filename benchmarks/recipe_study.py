@@ -150,7 +150,8 @@ def write(stem, payload, lines):
 
 def ablation(study, args):
     table = {}
-    points = [(4, 0.9), (8, 0.75)]
+    points = [tuple(float(v) for v in e.split(":")) for e in args.points]
+    points = [(int(k), s) for k, s in points]
     for k, s in points:
         for tag, (label, compress) in variants().items():
             # the default recipe's runs are the grid's (same tag, same cache)
@@ -289,6 +290,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["sqs", "deep-compression", "dgms", "rtn"])
     p.add_argument("--seeded", nargs="+", default=["sqs", "deep-compression"],
                    help="methods run with every seed (the others with the first)")
+    p.add_argument("--points", nargs="+", default=["4:0.9", "8:0.75"],
+                   help="K:sparsity points of the ablation (run one per process to use both cores; the rows are cached)")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     p.add_argument("--name", default="grid", help="stem of the grid's results files")
     p.add_argument("--threads", type=int, default=2)
