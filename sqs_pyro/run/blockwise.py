@@ -5,7 +5,7 @@ its own SVI run and checkpoints, the results gathered into one compressed file.
 
 Blocks are independent given the teacher's inputs, so under ``torchrun`` each
 process takes a contiguous slice of the blocks (:func:`assign_blocks`), trains
-them alone (no DDP: ``SQSTrainer(data_parallel=False)``) and process 0 gathers
+them alone (no DDP: ``fit_model(data_parallel=False)``) and process 0 gathers
 the finished blocks (their files' bytes, sent over the process group: no
 shared file system needed) into the file. Each block is seeded by ``(seed, block)``
 and its teacher data computed the same way whatever the process count, so 1
@@ -47,7 +47,17 @@ import torch.distributed as dist
 
 from sqs_pyro.export import apply_compressed as apply_compressed_
 from sqs_pyro.export import load, save
+from sqs_pyro.guides import SQSGuide, compressed_weights, hard_assignment
+from sqs_pyro.guides.input_norms import input_norms, wanda_scores
 from sqs_pyro.io import atomic_write
+from sqs_pyro.models import CausalLM, SQSModel
+from sqs_pyro.models.blockwise import block_model, capture_block_data, decoder_layers
+from sqs_pyro.models.transformers import causal_lm_forward
+from sqs_pyro.prior_spec import PriorSpec
+
+from .checkpoint import load_checkpoint
+from .files import CHECKPOINT_NAME
+from .fit import fit_model
 
 __all__ = ["apply_compressed", "assign_blocks", "block_file", "compress_block", "compress_blocks", "spec_blocks",
            "whole_model_pass"]
@@ -85,7 +95,6 @@ def input_sensitivity(model, data, batch_size, batches=8):
 
     :returns: ``{site name: tensor of the weight's shape}`` for ``SQSGuide(sensitivity=...)``.
     """
-    from sqs_pyro.guides.input_norms import input_norms, wanda_scores
 
     anchors = {name: site.anchor.detach() for name, site in model.sites.items()}
     stop = min(len(data), batches * batch_size)
@@ -100,7 +109,7 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     """
     Fit the block-wise SQS model of decoder layer ``index`` on its teacher
     ``data`` (:class:`~sqs_pyro.models.blockwise.BlockData`) with
-    :class:`~sqs_pyro.run.trainer.SQSTrainer` (checkpoints in ``out_dir/block_NNN``)
+    :func:`~sqs_pyro.run.fit.fit_model` (checkpoints in ``out_dir/block_NNN``)
     and write its greedy MAP weights to :func:`block_file`.
 
     :param str init: ``"kmeans"`` (the sites' own init) or ``"input"``: codebooks
@@ -109,9 +118,6 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     :returns: a dict of facts about the fit (steps, seconds, scale, relative error of the first and last
         logged steps (:func:`_relative_error`, on that step's minibatch), first and last log rows).
     """
-    from sqs_pyro.guides import SQSGuide, hard_assignment
-    from sqs_pyro.models.blockwise import block_model
-    from sqs_pyro.run.trainer import SQSTrainer
 
     run_dir = _block_dir(out_dir, index)
     block_seed = seed * 1_000_003 + index
@@ -120,10 +126,10 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
         torch.manual_seed(block_seed)
         model = block_model(net, index, prior_spec, data, scale=scale)
         sensitivity = input_sensitivity(model, data, batch_size) if init == "input" else None
-        guide = SQSGuide(model, sensitivity=sensitivity)
-        trainer = SQSTrainer(model, guide, data, cfg, out_dir=run_dir, batch_size=batch_size, seed=block_seed,
-                             progress=progress, data_parallel=False)
-        state = trainer.run(resume=resume and os.path.exists(trainer.checkpoint_path))
+        fit = fit_model(model, data, cfg, out_dir=run_dir, batch_size=batch_size, seed=block_seed,
+                        sensitivity=sensitivity, progress=progress, data_parallel=False,
+                        resume=resume and os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)))
+        guide, state = fit.guide, fit.state
         compressed = {
             name: dataclasses.replace(ct, num_components=model.sites[name].settings.num_components)
             for name, ct in hard_assignment(model, guide, codebook_dtype=getattr(torch, codebook_dtype)).items()
@@ -150,8 +156,6 @@ def _relative_error(row, scale, numel):
 
 def spec_blocks(net, prior_spec):
     """The decoder layers of ``net`` in which ``prior_spec`` compresses a weight (warns about weights outside them)."""
-    from sqs_pyro.models.blockwise import decoder_layers
-    from sqs_pyro.prior_spec import PriorSpec
 
     prefix, _ = decoder_layers(net)
     blocks, outside = set(), []
@@ -216,7 +220,6 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     :param callable log: ``log(dict)`` after every block (e.g. ``print``).
     :returns: on process 0, ``name -> CompressedTensor`` of every block's weights; ``None`` elsewhere.
     """
-    from sqs_pyro.models.blockwise import capture_block_data
 
     rank, world = _world()
     blocks = spec_blocks(net, prior_spec) if blocks is None else sorted(int(b) for b in blocks)
@@ -294,21 +297,15 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
     ``anchors="straight-through"``) started from the blocks' fits (their
     checkpoints in ``block_dir``: under ``torchrun`` that folder must be shared;
     sites outside the blocks start from k-means), trained by
-    :class:`~sqs_pyro.run.trainer.SQSTrainer` in ``out_dir``.
+    :func:`~sqs_pyro.run.fit.fit_model` in ``out_dir``.
 
     :returns: ``(compressed, greedy_net)`` as :func:`~sqs_pyro.guides.compressed_weights`.
     """
-    from sqs_pyro.run.checkpoint import load_checkpoint
-    from sqs_pyro.guides import SQSGuide, compressed_weights
-    from sqs_pyro.models import CausalLM, SQSModel
-    from sqs_pyro.models.blockwise import decoder_layers
-    from sqs_pyro.models.transformers import causal_lm_forward
-    from sqs_pyro.run.trainer import SQSTrainer
 
     net = copy.deepcopy(net).requires_grad_(False)
     state, anchors = {}, {}
     for index in range(len(decoder_layers(net)[1])):
-        path = os.path.join(_block_dir(block_dir, index), "checkpoint.pt")
+        path = os.path.join(_block_dir(block_dir, index), CHECKPOINT_NAME)
         if os.path.exists(path):
             ckpt = load_checkpoint(path)
             state.update(ckpt["guide"])
@@ -323,7 +320,6 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
         missing, unexpected = guide.load_state_dict(state, strict=False)
         if unexpected:
             raise ValueError(f"block checkpoints hold guide entries the whole model lacks: {unexpected[:5]}")
-        trainer = SQSTrainer(model, guide, train, cfg, out_dir=out_dir, batch_size=batch_size, seed=seed,
-                             progress=progress)
-        trainer.run(resume=resume and os.path.exists(trainer.checkpoint_path))
+        fit_model(model, train, cfg, guide=guide, out_dir=out_dir, batch_size=batch_size, seed=seed,
+                  progress=progress, resume=resume and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)))
         return compressed_weights(model, guide, codebook_dtype=codebook_dtype)

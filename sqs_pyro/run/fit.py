@@ -32,7 +32,7 @@ from ..guides import SQSGuide
 from ..models import SQSModel
 from .trainer import SQSTrainer
 
-__all__ = ["Fit", "fit_sqs"]
+__all__ = ["Fit", "fit_model", "fit_sqs"]
 
 
 @dataclasses.dataclass
@@ -65,13 +65,37 @@ def fit_sqs(net, spec, likelihood, data, config, *, out_dir, batch_size, seed=0,
     :returns: a :class:`Fit`.
     """
     model = SQSModel(net, spec, likelihood, num_data=len(data) if num_data is None else num_data, forward=forward)
+    return fit_model(model, data, config, out_dir=out_dir, batch_size=batch_size, seed=seed, device=device,
+                     to_device=to_device, progress=progress, resume=resume, identity=identity)
+
+
+def fit_model(model, data, config, *, out_dir, batch_size, seed=0, guide=None, sensitivity=None, device=None,
+              to_device=None, progress=True, resume=False, identity=None, data_parallel=None):
+    """
+    Fit the SQS guide of an already built Pyro model: :func:`fit_sqs` after its
+    :class:`~sqs_pyro.models.SQSModel`, and the block-wise fits
+    (:func:`sqs_pyro.run.blockwise.compress_block`, whose model is one decoder
+    layer against its teacher's outputs).
+
+    :param model: an :class:`~sqs_pyro.models.SQSModel` (or a subclass).
+    :param guide: the :class:`~sqs_pyro.guides.SQSGuide` to train, e.g. one started from
+        saved state (default: a new one, k-means initialised).
+    :param dict sensitivity: optional per-site weights of the codebooks' k-means
+        (:class:`~sqs_pyro.guides.SQSGuide`'s ``sensitivity``).
+    :param data_parallel: passed to :class:`~sqs_pyro.run.trainer.SQSTrainer`
+        (``False``: fit in this process alone even under ``torchrun``).
+    :returns: a :class:`Fit`.
+    """
     start = time.perf_counter()
-    guide = SQSGuide(model)
+    if guide is None:
+        guide = SQSGuide(model, sensitivity=sensitivity)
+    elif sensitivity is not None:
+        raise ValueError("fit_model: pass sensitivity= or guide=, not both (a given guide is already initialised)")
     if device is not None:
         guide.to(device)
     init_seconds = time.perf_counter() - start
     trainer = SQSTrainer(model, guide, data, config, out_dir=out_dir, batch_size=batch_size, seed=seed,
-                         to_device=to_device, progress=progress)
+                         to_device=to_device, progress=progress, data_parallel=data_parallel)
     if identity is not None:
         trainer.identity = model.run_identity = identity
     start = time.perf_counter()
