@@ -162,7 +162,7 @@ def log_densities(model, guide, weights, tau=None, states=None):
     states = layer_states(model, guide, tau) if states is None else states
     log_q, log_p = {}, {}
     for name, site in model.sites.items():
-        if not site.settings.spike:
+        if not site.settings.prior.spike:
             continue
         st = states[name]
         w = weights[name].reshape(-1)
@@ -174,7 +174,7 @@ def log_densities(model, guide, weights, tau=None, states=None):
 
 def atomless_sites(model):
     """Names of the sites whose prior has no spike (``spike=False``): their log ratio is undefined."""
-    return [name for name, site in model.sites.items() if not site.settings.spike]
+    return [name for name, site in model.sites.items() if not site.settings.prior.spike]
 
 
 @contextlib.contextmanager

@@ -124,7 +124,7 @@ def compressed_weights(model, guide, *, prune="posterior", codebook_dtype=torch.
     if isinstance(codebook_dtype, str):
         codebook_dtype = getattr(torch, codebook_dtype)
     compressed = {  # K per group, for the paper's compression rate (the codebook holds G * K values)
-        name: dataclasses.replace(ct, num_components=model.sites[name].settings.num_components)
+        name: dataclasses.replace(ct, num_components=model.sites[name].settings.guide.num_components)
         for name, ct in hard_assignment(model, guide, prune=prune, codebook_dtype=codebook_dtype).items()
     }
     return compressed, greedy_map(model, guide, prune=prune, codebook_dtype=codebook_dtype)

@@ -192,13 +192,13 @@ class SQSGuide(AutoMessenger):
         if unknown:
             raise ValueError(f"sensitivity given for {sorted(unknown)}, which are not compressed sites")
         for name, site in model.sites.items():
-            if site.settings.init == "fisher" and name not in sensitivity:
+            if site.settings.guide.init == "fisher" and name not in sensitivity:
                 raise ValueError(
                     f"site {name!r} asks for init='fisher' but no sensitivity was given for it: pass "
                     "SQSGuide(..., sensitivity=diagonal_fisher(...)) (sqs_pyro.guides.fisher), or use init='kmeans'"
                 )
-            grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings)
-            params = SiteParams(site.anchor, grouping, site.settings, sensitivity=sensitivity.get(name))
+            grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings.guide)
+            params = SiteParams(site.anchor, grouping, site.settings.guide, sensitivity=sensitivity.get(name))
             deep_setattr(self, "site_params." + name, params)
         self.configure(gates=gates, straight_through=straight_through)
 

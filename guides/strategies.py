@@ -1,13 +1,13 @@
 """
 Grouping strategies by name: the :class:`~sqs_pyro.guides.groups.Grouping` that
-a :class:`~sqs_pyro.PriorSettings` asks for (its ``window``, ``blocks``,
+a :class:`~sqs_pyro.GuideSettings` asks for (its ``window``, ``blocks``,
 ``outlier_factor``, ``tails`` and ``group_size``).
 
 Example::
 
     >>> import torch
-    >>> from sqs_pyro import PriorSettings
-    >>> build_grouping(torch.randn(8, 8), PriorSettings(num_components=4, window="equal", blocks=2)).num_groups
+    >>> from sqs_pyro import GuideSettings
+    >>> build_grouping(torch.randn(8, 8), GuideSettings(num_components=4, window="equal", blocks=2)).num_groups
     2
 """
 
@@ -18,7 +18,7 @@ from .windows import equal_windows, outlier_windows
 
 def build_grouping(weight, settings):
     """
-    The grouping a :class:`~sqs_pyro.PriorSettings` asks for: ``window="layer"``,
+    The grouping a :class:`~sqs_pyro.GuideSettings` asks for: ``window="layer"``,
     ``"equal"`` or ``"outlier"`` (docs/method.md §5), ``"channel"`` or ``"columns"``
     (:mod:`sqs_pyro.guides.channels`).
     """

@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from sqs_pyro.distributions import SpikeSlab
-from sqs_pyro.prior_spec import PriorSettings, PriorSpec
+from sqs_pyro.prior_spec import LayerSettings, PriorSpec
 
 
 @dataclass
@@ -51,7 +51,7 @@ class WeightSite:
     """One compressed weight tensor: its sample-site name, settings and anchor."""
 
     name: str
-    settings: PriorSettings
+    settings: LayerSettings  #: ``.prior`` for the model, ``.guide`` for the guide
     anchor: nn.Parameter
 
     @property
@@ -62,7 +62,8 @@ class WeightSite:
 def spike_slab_prior(settings, anchor):
     """
     The spike-and-slab prior (docs/method.md §2) of a weight tensor shaped like
-    ``anchor`` (the plain slab when ``settings.spike`` is False).
+    ``anchor``, from its :class:`~sqs_pyro.PriorSettings` (the plain slab when
+    ``settings.spike`` is False).
     """
     slab = settings.slab_distribution(like=anchor)
     prior = SpikeSlab(anchor.new_tensor(settings.inclusion_prob), slab) if settings.spike else slab
@@ -97,7 +98,7 @@ class SQSModel(nn.Module):
         self.sites = OrderedDict()
         for name, settings in self.prior_spec.resolve(net).items():
             anchor = net.get_parameter(name)
-            anchor.requires_grad_(settings.train_anchors)
+            anchor.requires_grad_(settings.guide.train_anchors)
             self.sites[name] = WeightSite(name, settings, anchor)
 
     def point_parameters(self):
@@ -107,7 +108,7 @@ class SQSModel(nn.Module):
     def prior(self, name):
         """The prior distribution of site ``name``."""
         site = self.sites[name]
-        return spike_slab_prior(site.settings, site.anchor)
+        return spike_slab_prior(site.settings.prior, site.anchor)
 
     def sample_weights(self):
         """Sample every compressed weight from its prior (or from the guide, under it)."""

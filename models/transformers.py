@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from sqs_pyro.prior_spec import PriorSettings, PriorSpec
+from sqs_pyro.prior_spec import LayerSettings, PriorSpec
 
 __all__ = [
     "DEFAULT_MODULES",
@@ -101,7 +101,7 @@ def default_prior_spec(model_or_config, *, include=(), exclude=(), **settings):
     :param model_or_config: a transformers model, its config, a config dict or a ``model_type``.
     :param include: extra selectors (exact module names or ``re:`` patterns) to compress with ``settings``.
     :param exclude: selectors to keep dense; they take precedence over ``include`` and the defaults.
-    :param settings: :class:`~sqs_pyro.PriorSettings` fields shared by every
+    :param settings: :class:`~sqs_pyro.LayerSettings` fields (prior and guide) shared by every
         compressed module (e.g. ``num_components=16, window="outlier"``).
     :returns: a dict ``{selector: settings dict or None}`` for :class:`~sqs_pyro.PriorSpec`;
         modules no rule matches stay dense.
@@ -109,7 +109,7 @@ def default_prior_spec(model_or_config, *, include=(), exclude=(), **settings):
         hand, or pass ``include``), bad settings, or a selector both included and excluded.
     """
     model_type = model_type_of(model_or_config)
-    PriorSettings.from_dict(settings)  # check the settings now, naming a bad field
+    LayerSettings.from_dict(settings)  # check the settings now, naming a bad field
     include, exclude = [_selector(s) for s in include], [_selector(s) for s in exclude]
     both = sorted(set(include) & set(exclude))
     if both:

@@ -17,10 +17,10 @@ ELBO) up to 100,000 compressed weights and at the posterior mean above; see
 
 from .elbo import SQSELBO, MeanPlugInWarning
 from .handlers import PosteriorMean, RelaxedDraws
-from .prior_spec import PriorSettings, PriorSpec
+from .prior_spec import GuideSettings, LayerSettings, PriorSettings, PriorSpec
 from .state import load_fit, save_fit
 
 __version__ = "0.1.0"
 
-__all__ = ["MeanPlugInWarning", "PosteriorMean", "PriorSettings", "PriorSpec", "RelaxedDraws", "SQSELBO",
+__all__ = ["GuideSettings", "LayerSettings", "MeanPlugInWarning", "PosteriorMean", "PriorSettings", "PriorSpec", "RelaxedDraws", "SQSELBO",
            "__version__", "load_fit", "save_fit"]

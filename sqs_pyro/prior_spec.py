@@ -3,7 +3,9 @@ Priors are data: a declarative map from module selectors to prior settings.
 
 A :class:`PriorSpec` says which weights of a network are compressed and with
 which spike-and-slab prior and variational family (docs/method.md §2, §3, §5). Each
-rule maps a *selector* to a dict of :class:`PriorSettings` fields, or to
+rule maps a *selector* to a dict of :class:`PriorSettings` fields (the
+prior, read by the model) and :class:`GuideSettings` fields (the variational
+family, read by the guide), together a :class:`LayerSettings`, or to
 ``None`` (equivalently the string ``"dense"``) to keep the matched modules
 dense. Selectors are
 
@@ -20,7 +22,7 @@ module's ``weight``. A module takes the first rule that matches in the order
 exact name > regex (first in insertion order) > type (most specific class in
 the MRO, then insertion order) > ``_default``, and stays dense if none does.
 A rule's dict is layered over ``_default``'s dict (when that is a dict), over
-the :class:`PriorSettings` defaults.
+the :class:`PriorSettings` and :class:`GuideSettings` defaults.
 
 Example::
 
@@ -31,7 +33,7 @@ Example::
     ...     "type:Conv2d": {"inclusion_prob": 0.1, "slab": "laplace"},
     ...     "3": "dense",
     ... })
-    >>> {name: (s.num_components, s.inclusion_prob, s.slab) for name, s in spec.resolve(net).items()}
+    >>> {name: (s.guide.num_components, s.prior.inclusion_prob, s.prior.slab) for name, s in spec.resolve(net).items()}
     {'0.weight': (8, 0.1, 'laplace')}
 
 The same spec as a TOML file (``spec.to_file("prior.toml")``, read back with
@@ -70,7 +72,7 @@ from torch import nn
 
 from .io import atomic_write
 
-__all__ = ["PriorSettings", "PriorSpec", "is_compressible"]
+__all__ = ["GuideSettings", "LayerSettings", "PriorSettings", "PriorSpec", "is_compressible"]
 
 #: The string standing for "keep dense" (``None``) in files and dicts.
 DENSE = "dense"
@@ -154,23 +156,51 @@ _CHECKS = {
 }
 
 
-def _check_keys(keys, where="prior setting"):
-    unknown = [k for k in keys if k not in _CHECKS]
+def _check_keys(keys, where="prior setting", allowed=_CHECKS):
+    unknown = [k for k in keys if k not in allowed]
     if unknown:
         key = unknown[0]
-        hint = difflib.get_close_matches(str(key), _CHECKS, n=1)
+        if key in _CHECKS:  # a known setting, of the other object
+            other = "GuideSettings" if key in _GUIDE_FIELDS else "PriorSettings"
+            raise ValueError(f"{key!r} is not a {where}: it belongs to {other} (a spec rule may hold both; "
+                             "LayerSettings.from_dict splits them)")
+        hint = difflib.get_close_matches(str(key), allowed, n=1)
         hint = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ValueError(f"unknown {where} {key!r}{hint}: expected one of {', '.join(_CHECKS)}")
+        raise ValueError(f"unknown {where} {key!r}{hint}: expected one of {', '.join(allowed)}")
 
 
 def _check_values(d):
     return {key: _CHECKS[key](key, value) for key, value in d.items()}
 
 
+class _Settings:
+    """Checks every field on construction; plain-dict round trip."""
+
+    _where = "setting"
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _CHECKS[field.name](field.name, value))
+
+    def to_dict(self):
+        """All fields as a plain dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """Settings from a (partial) dict; missing fields take their defaults."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{cls._where}s must be a mapping of field names to values, got {d!r}")
+        _check_keys(d, cls._where, {f.name: None for f in dataclasses.fields(cls)})
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class PriorSettings:
+class PriorSettings(_Settings):
     """
-    Prior and guide settings of one compressed layer (docs/method.md §2, §3, §5).
+    The spike-and-slab prior of one compressed layer (docs/method.md §2): what
+    the model (:func:`sqs_pyro.models.sqs_model.spike_slab_prior`) reads.
 
     Values are checked on construction; a bad one raises :class:`ValueError`
     naming the field, the value and what is allowed.
@@ -180,6 +210,52 @@ class PriorSettings:
         ``"laplace"`` or ``"studentt"``.
     :param float slab_scale: the slab's scale σ₀ > 0.
     :param float slab_df: degrees of freedom of the ``"studentt"`` slab.
+    :param bool spike: ``False`` drops the spike: the prior is the plain slab
+        ``N(0, σ₀²)`` (the paper's Gaussian-prior ablation; the gate is then a
+        pruning device outside the KL, see :mod:`sqs_pyro.distributions.kl`).
+
+    Example::
+
+        >>> s = PriorSettings(slab="studentt", slab_df=4.0)
+        >>> s.slab_distribution()
+        StudentT(df: 4.0, loc: 0.0, scale: 3.0)
+        >>> PriorSettings.from_dict(s.to_dict()) == s
+        True
+    """
+
+    _where = "prior setting"
+
+    inclusion_prob: float = 0.01
+    slab: str = "normal"
+    slab_scale: float = 3.0
+    slab_df: float = 3.0
+    spike: bool = True
+
+    def slab_distribution(self, like=None):
+        """
+        The prior's slab: ``Normal(0, slab_scale)``, ``Laplace(0, slab_scale)``
+        or ``StudentT(slab_df, 0, slab_scale)``.
+
+        :param torch.Tensor like: optional tensor whose dtype and device the
+            parameters take (default: torch's default dtype on the CPU).
+        :rtype: ~pyro.distributions.TorchDistribution
+        """
+        like = torch.zeros(()) if like is None else like
+        zero, scale = like.new_zeros(()), like.new_tensor(self.slab_scale)
+        if self.slab == "normal":
+            return dist.Normal(zero, scale)
+        if self.slab == "laplace":
+            return dist.Laplace(zero, scale)
+        return dist.StudentT(like.new_tensor(self.slab_df), zero, scale)
+
+
+@dataclass(frozen=True)
+class GuideSettings(_Settings):
+    """
+    The variational family of one compressed layer (docs/method.md §3, §5): what
+    the guide (:class:`sqs_pyro.guides.SQSGuide`, :mod:`sqs_pyro.guides.strategies`)
+    reads.
+
     :param int num_components: K, the number of codebook values per group.
     :param float gate_temperature: s in γ = sigmoid(ρ / s).
     :param float tau: temperature of the component probabilities φ.
@@ -203,23 +279,19 @@ class PriorSettings:
         (SqueezeLLM; the guide then needs ``sensitivity=``, see
         :func:`sqs_pyro.guides.fisher.diagonal_fisher`).
     :param bool train_anchors: train the anchors (pretrained weights) too.
-    :param bool spike: ``False`` drops the spike: the prior is the plain slab
-        ``N(0, σ₀²)`` (the paper's Gaussian-prior ablation; the gate is then a
-        pruning device outside the KL, see :mod:`sqs_pyro.distributions.kl`).
 
     Example::
 
-        >>> s = PriorSettings(slab="studentt", slab_df=4.0)
-        >>> s.slab_distribution()
-        StudentT(df: 4.0, loc: 0.0, scale: 3.0)
-        >>> PriorSettings.from_dict(s.to_dict()) == s
-        True
+        >>> GuideSettings(num_components=4, window="outlier", blocks=3).num_components
+        4
+        >>> GuideSettings(window="outlier", blocks=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: blocks=2 is invalid with window='outlier': expected an integer >= 3 (two tails plus at least one middle window)
     """
 
-    inclusion_prob: float = 0.01
-    slab: str = "normal"
-    slab_scale: float = 3.0
-    slab_df: float = 3.0
+    _where = "guide setting"
+
     num_components: int = 16
     gate_temperature: float = 0.01
     tau: float = 1e-3
@@ -230,47 +302,57 @@ class PriorSettings:
     outlier_factor: float = 5.0
     tails: str = "gmm"
     train_anchors: bool = False
-    spike: bool = True
     init: str = "kmeans"
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            object.__setattr__(self, field.name, _CHECKS[field.name](field.name, value))
+        super().__post_init__()
         if self.window == "outlier" and self.blocks < 3:
             raise ValueError(
                 f"blocks={self.blocks!r} is invalid with window='outlier': expected an integer >= 3 "
                 "(two tails plus at least one middle window)"
             )
 
-    def slab_distribution(self, like=None):
-        """
-        The prior's slab: ``Normal(0, slab_scale)``, ``Laplace(0, slab_scale)``
-        or ``StudentT(slab_df, 0, slab_scale)``.
 
-        :param torch.Tensor like: optional tensor whose dtype and device the
-            parameters take (default: torch's default dtype on the CPU).
-        :rtype: ~pyro.distributions.TorchDistribution
-        """
-        like = torch.zeros(()) if like is None else like
-        zero, scale = like.new_zeros(()), like.new_tensor(self.slab_scale)
-        if self.slab == "normal":
-            return dist.Normal(zero, scale)
-        if self.slab == "laplace":
-            return dist.Laplace(zero, scale)
-        return dist.StudentT(like.new_tensor(self.slab_df), zero, scale)
+_PRIOR_FIELDS = tuple(f.name for f in dataclasses.fields(PriorSettings))
+_GUIDE_FIELDS = tuple(f.name for f in dataclasses.fields(GuideSettings))
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """
+    What a prior spec rule says of one compressed layer: its :class:`PriorSettings`
+    (the model's prior) and its :class:`GuideSettings` (the variational family),
+    selected by the same selector. A rule's dict holds the fields of both, flat.
+
+    Example::
+
+        >>> s = LayerSettings.from_dict({"inclusion_prob": 0.1, "num_components": 4})
+        >>> s.prior.inclusion_prob, s.guide.num_components
+        (0.1, 4)
+        >>> LayerSettings.from_dict(s.to_dict()) == s
+        True
+    """
+
+    prior: PriorSettings = dataclasses.field(default_factory=PriorSettings)
+    guide: GuideSettings = dataclasses.field(default_factory=GuideSettings)
+
+    def __post_init__(self):
+        if not isinstance(self.prior, PriorSettings) or not isinstance(self.guide, GuideSettings):
+            raise ValueError("LayerSettings(prior, guide) takes a PriorSettings and a GuideSettings; "
+                             "use LayerSettings.from_dict for a flat dict of fields")
 
     def to_dict(self):
-        """All fields as a plain dict (``init_rho`` may be ``None``)."""
-        return dataclasses.asdict(self)
+        """All fields of both, flat (``init_rho`` may be ``None``)."""
+        return {**self.prior.to_dict(), **self.guide.to_dict()}
 
     @classmethod
     def from_dict(cls, d):
-        """Settings from a (partial) dict; missing fields take their defaults."""
+        """Settings from a flat (partial) dict of prior and guide fields; missing fields take their defaults."""
         if not isinstance(d, Mapping):
             raise ValueError(f"prior settings must be a mapping of field names to values, got {d!r}")
         _check_keys(d)
-        return cls(**d)
+        return cls(PriorSettings(**{k: v for k, v in d.items() if k in _PRIOR_FIELDS}),
+                   GuideSettings(**{k: v for k, v in d.items() if k in _GUIDE_FIELDS}))
 
 
 # ---------------------------------------------------------------------------
@@ -319,10 +401,12 @@ def _examples(names, wanted=None, n=5):
 
 class PriorSpec:
     """
-    A declarative prior: selectors mapped to (partial) :class:`PriorSettings`.
+    A declarative prior: selectors mapped to (partial) :class:`LayerSettings`
+    (prior and guide settings, one flat dict per rule).
     See the module docstring for the selector syntax and precedence.
 
-    :param rules: a mapping ``{selector: dict | PriorSettings | None | "dense"}``;
+    :param rules: a mapping ``{selector: dict | LayerSettings | None | "dense"}``
+        (a :class:`PriorSettings` or :class:`GuideSettings` fixes all of its half);
         ``None`` and ``"dense"`` keep the matched modules dense. Default:
         ``{"_default": {}}``, every compressible module with default settings.
 
@@ -335,7 +419,7 @@ class PriorSpec:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         >>> spec = PriorSpec({"_default": {"slab_scale": 1.0}, "0": {"inclusion_prob": 0.5}})
-        >>> [(name, s.inclusion_prob, s.slab_scale) for name, s in spec.resolve(net).items()]
+        >>> [(name, s.prior.inclusion_prob, s.prior.slab_scale) for name, s in spec.resolve(net).items()]
         [('0.weight', 0.5, 1.0), ('2.weight', 0.01, 1.0)]
         >>> PriorSpec.from_dict(spec.to_dict()) == spec
         True
@@ -383,7 +467,7 @@ class PriorSpec:
                 continue
             layered = rule if selector == self.DEFAULT else {**base, **rule}
             try:
-                self._settings[selector] = PriorSettings(**layered)
+                self._settings[selector] = LayerSettings.from_dict(layered)
             except ValueError as e:
                 over = f" (layered over {self.DEFAULT!r})" if base and selector != self.DEFAULT else ""
                 raise ValueError(f"prior spec rule {selector!r}{over}: {e}") from None
@@ -392,7 +476,7 @@ class PriorSpec:
     def _normalize_rule(selector, value):
         if value is None or (isinstance(value, str) and value == DENSE):
             return None
-        if isinstance(value, PriorSettings):
+        if isinstance(value, (LayerSettings, PriorSettings, GuideSettings)):
             return value.to_dict()
         if not isinstance(value, Mapping):
             raise ValueError(
@@ -429,7 +513,7 @@ class PriorSpec:
         return self.DEFAULT if self.DEFAULT in self._rules else None
 
     def settings(self, selector):
-        """The full :class:`PriorSettings` of rule ``selector``, or ``None`` for a dense rule."""
+        """The full :class:`LayerSettings` of rule ``selector``, or ``None`` for a dense rule."""
         if selector not in self._settings:
             raise KeyError(f"no rule {selector!r} in {self!r}")
         return self._settings[selector]
@@ -439,7 +523,7 @@ class PriorSpec:
         The settings of every compressed weight of ``net``.
 
         :param torch.nn.Module net: the network.
-        :returns: ``{parameter name: PriorSettings}`` (e.g. ``"features.3.weight"``),
+        :returns: ``{parameter name: LayerSettings}`` (e.g. ``"features.3.weight"``),
             in ``net.named_modules()`` order. A weight shared by several modules
             appears once, under the first compressed name.
         :raises ValueError: if an exact selector names no module or a module that
@@ -485,8 +569,8 @@ class PriorSpec:
             if isinstance(module.weight, nn.parameter.UninitializedParameter):
                 raise ValueError(f"module {name!r} is an uninitialized lazy module: run a forward pass first")
             seen.add(id(module.weight))
-            if settings.window == "columns":
-                _check_group_size(name, selector, module.weight.shape, settings.group_size)
+            if settings.guide.window == "columns":
+                _check_group_size(name, selector, module.weight.shape, settings.guide.group_size)
             result[_param_name(name)] = settings
         if not result:
             raise ValueError(f"{self!r} compresses nothing in {type(net).__name__}; " + _examples(names))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sqs_pyro.prior_spec import PriorSettings, PriorSpec, is_compressible
+from sqs_pyro.prior_spec import GuideSettings, LayerSettings, PriorSettings, PriorSpec, is_compressible
 
 
 class SmallCNN(nn.Module):
@@ -51,23 +51,43 @@ SPEC = {
 
 
 # ---------------------------------------------------------------------------
-# PriorSettings
+# PriorSettings, GuideSettings, LayerSettings
 
 
 def test_settings_defaults():
-    s = PriorSettings()
-    assert (s.inclusion_prob, s.slab, s.slab_scale, s.num_components) == (0.01, "normal", 3.0, 16)
-    assert (s.gate_temperature, s.tau, s.init_rho, s.window, s.blocks) == (0.01, 1e-3, None, "layer", 4)
-    assert (s.outlier_factor, s.tails, s.train_anchors) == (5.0, "gmm", False)
+    p, g = PriorSettings(), GuideSettings()
+    assert (p.inclusion_prob, p.slab, p.slab_scale, p.spike, g.num_components) == (0.01, "normal", 3.0, True, 16)
+    assert (g.gate_temperature, g.tau, g.init_rho, g.window, g.blocks) == (0.01, 1e-3, None, "layer", 4)
+    assert (g.outlier_factor, g.tails, g.train_anchors) == (5.0, "gmm", False)
+    assert LayerSettings() == LayerSettings(p, g)
 
 
 def test_settings_round_trip_and_normalization():
-    s = PriorSettings(slab_scale=2, num_components=4, init_rho=0)
-    assert isinstance(s.slab_scale, float) and isinstance(s.init_rho, float)
-    assert PriorSettings.from_dict(s.to_dict()) == s
-    assert PriorSettings.from_dict({"init_rho": "auto"}).init_rho is None
+    s = LayerSettings.from_dict({"slab_scale": 2, "num_components": 4, "init_rho": 0})
+    assert isinstance(s.prior.slab_scale, float) and isinstance(s.guide.init_rho, float)
+    assert LayerSettings.from_dict(s.to_dict()) == s
+    assert PriorSettings.from_dict(s.prior.to_dict()) == s.prior
+    assert GuideSettings.from_dict(s.guide.to_dict()) == s.guide
+    assert GuideSettings.from_dict({"init_rho": "auto"}).init_rho is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.slab = "laplace"
+        s.prior.slab = "laplace"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.guide = GuideSettings()
+
+
+def test_prior_and_guide_fields_are_apart():
+    # the prior's fields are what the model reads, the guide's what the guide reads; none in both
+    prior = {f.name for f in dataclasses.fields(PriorSettings)}
+    guide = {f.name for f in dataclasses.fields(GuideSettings)}
+    assert prior == {"inclusion_prob", "slab", "slab_scale", "slab_df", "spike"}
+    assert not prior & guide and "num_components" in guide and "window" in guide
+    assert set(LayerSettings().to_dict()) == prior | guide
+    with pytest.raises(ValueError, match=r"'num_components' is not a prior setting: it belongs to GuideSettings"):
+        PriorSettings.from_dict({"num_components": 4})
+    with pytest.raises(ValueError, match=r"'slab' is not a guide setting: it belongs to PriorSettings"):
+        GuideSettings.from_dict({"slab": "laplace"})
+    with pytest.raises(ValueError, match="takes a PriorSettings and a GuideSettings"):
+        LayerSettings(GuideSettings(), PriorSettings())
 
 
 @pytest.mark.parametrize(
@@ -113,21 +133,23 @@ def test_slab_distribution(slab, cls, kwargs):
 )
 def test_settings_bad_value(key, value, allowed):
     with pytest.raises(ValueError) as e:
-        PriorSettings.from_dict({key: value})
+        LayerSettings.from_dict({key: value})
     assert key in str(e.value) and repr(value) in str(e.value) and allowed in str(e.value)
 
 
 def test_settings_outlier_needs_three_blocks():
-    PriorSettings(window="outlier", blocks=3)
+    GuideSettings(window="outlier", blocks=3)
     with pytest.raises(ValueError, match=r"blocks=2.*window='outlier'.*>= 3"):
-        PriorSettings(window="outlier", blocks=2)
+        GuideSettings(window="outlier", blocks=2)
 
 
 def test_settings_unknown_key():
     with pytest.raises(ValueError, match=r"'slab_sclae'.*did you mean 'slab_scale'.*inclusion_prob"):
+        LayerSettings.from_dict({"slab_sclae": 1.0})
+    with pytest.raises(ValueError, match=r"'slab_sclae'.*did you mean 'slab_scale'"):
         PriorSettings.from_dict({"slab_sclae": 1.0})
     with pytest.raises(ValueError, match="mapping"):
-        PriorSettings.from_dict([("slab", "normal")])
+        LayerSettings.from_dict([("slab", "normal")])
 
 
 # ---------------------------------------------------------------------------
@@ -146,32 +168,33 @@ def test_resolve_precedence(cnn):
     assert list(resolved) == ["features.0.weight", "features.3.weight", "classifier.weight"]  # proj dense
     f0, f3, fc = resolved.values()
     # features.0: regex over _default
-    assert (f0.inclusion_prob, f0.num_components, f0.slab_scale, f0.slab) == (0.1, 8, 2.0, "normal")
+    assert (f0.prior.inclusion_prob, f0.guide.num_components, f0.prior.slab_scale, f0.prior.slab) == (0.1, 8, 2.0, "normal")
     # features.3: exact beats regex; layered over _default, not over the regex rule
-    assert (f3.inclusion_prob, f3.num_components, f3.window, f3.blocks, f3.slab_scale) == (0.01, 4, "outlier", 5, 2.0)
+    assert (f3.prior.inclusion_prob, f3.guide.num_components, f3.guide.window, f3.guide.blocks, f3.prior.slab_scale) == (
+        0.01, 4, "outlier", 5, 2.0)
     # classifier: type over _default
-    assert (fc.slab, fc.num_components, fc.inclusion_prob) == ("laplace", 8, 0.01)
+    assert (fc.prior.slab, fc.guide.num_components, fc.prior.inclusion_prob) == ("laplace", 8, 0.01)
     for name, settings in resolved.items():
-        assert isinstance(settings, PriorSettings) and cnn.get_parameter(name) is not None
+        assert isinstance(settings, LayerSettings) and cnn.get_parameter(name) is not None
 
 
 def test_resolve_without_default_leaves_rest_dense(cnn):
     resolved = PriorSpec({"classifier": {}}).resolve(cnn)
     assert list(resolved) == ["classifier.weight"]
-    assert resolved["classifier.weight"] == PriorSettings()
+    assert resolved["classifier.weight"] == LayerSettings()
 
 
 def test_default_spec_compresses_everything(cnn):
     resolved = PriorSpec().resolve(cnn)
     assert list(resolved) == ["features.0.weight", "features.3.weight", "proj.weight", "classifier.weight"]
-    assert all(s == PriorSettings() for s in resolved.values())
+    assert all(s == LayerSettings() for s in resolved.values())
 
 
 def test_first_regex_wins(cnn):
     spec = PriorSpec({"re:features\\.0": {"num_components": 2}, "re:features.*": {"num_components": 4}})
-    assert [s.num_components for s in spec.resolve(cnn).values()] == [2, 4]
+    assert [s.guide.num_components for s in spec.resolve(cnn).values()] == [2, 4]
     spec = PriorSpec({"re:features.*": {"num_components": 4}, "re:features\\.0": {"num_components": 2}})
-    assert [s.num_components for s in spec.resolve(cnn).values()] == [4, 4]
+    assert [s.guide.num_components for s in spec.resolve(cnn).values()] == [4, 4]
 
 
 def test_regex_is_fullmatch(cnn):
@@ -184,7 +207,7 @@ def test_type_selectors_follow_mro():
     spec = PriorSpec({"type:_ConvNd": {"num_components": 2}, "type:Conv2d": {"num_components": 4}})
     resolved = spec.resolve(net)
     # Conv2d is more specific than _ConvNd whatever the order; Linear is not a conv: dense
-    assert {n: s.num_components for n, s in resolved.items()} == {"0.weight": 4, "1.weight": 4, "2.weight": 2}
+    assert {n: s.guide.num_components for n, s in resolved.items()} == {"0.weight": 4, "1.weight": 4, "2.weight": 2}
     assert list(PriorSpec({"type:MyConv": {}}).resolve(net)) == ["0.weight"]
     assert list(PriorSpec({"type:torch.nn.modules.linear.Linear": {}}).resolve(net)) == ["3.weight"]
 
@@ -200,10 +223,15 @@ def test_dense_rules(cnn, dense):
 
 
 def test_settings_instances_as_rules(cnn):
-    spec = PriorSpec({"_default": {"num_components": 2}, "classifier": PriorSettings(slab="laplace")})
+    spec = PriorSpec({"_default": {"num_components": 2, "inclusion_prob": 0.2},
+                      "classifier": LayerSettings(PriorSettings(slab="laplace")),
+                      "proj": PriorSettings(slab="laplace")})
     resolved = spec.resolve(cnn)
-    assert resolved["classifier.weight"] == PriorSettings(slab="laplace")  # a full settings object overrides all
-    assert resolved["proj.weight"].num_components == 2
+    # a full settings object overrides all
+    assert resolved["classifier.weight"] == LayerSettings(PriorSettings(slab="laplace"))
+    # a PriorSettings fixes all of the prior; the guide's fields come from _default
+    assert resolved["proj.weight"] == LayerSettings(PriorSettings(slab="laplace"), GuideSettings(num_components=2))
+    assert resolved["features.0.weight"].guide.num_components == 2
 
 
 def test_tied_weights_appear_once():
@@ -227,7 +255,7 @@ def test_bert(bert):
     resolved = qkv.resolve(bert)
     assert len(resolved) == 6
     assert list(resolved)[:3] == [f"encoder.layer.0.attention.self.{p}.weight" for p in ("query", "key", "value")]
-    assert all(s.num_components == 8 for s in resolved.values())
+    assert all(s.guide.num_components == 8 for s in resolved.values())
 
     # docs/method.md §8: BERT compresses Q/K/V and the attention output, nothing else.
     spec = PriorSpec(
@@ -238,7 +266,7 @@ def test_bert(bert):
     )
     resolved = spec.resolve(bert)
     assert len(resolved) == 8
-    assert sum(s.num_components == 4 for s in resolved.values()) == 2
+    assert sum(s.guide.num_components == 4 for s in resolved.values()) == 2
     assert "pooler.dense.weight" not in resolved
 
     everything = PriorSpec({"_default": {}, "pooler.dense": "dense"}).resolve(bert)
@@ -287,7 +315,7 @@ def test_file_round_trip(tmp_path, cnn, suffix):
         "proj": None,
         "re:features.*": {"inclusion_prob": 0.05, "init_rho": None, "train_anchors": True},
         "classifier": {},
-        "_default": PriorSettings(window="outlier", init_rho=0.2).to_dict(),
+        "_default": GuideSettings(window="outlier", init_rho=0.2).to_dict(),
     }
     spec = PriorSpec(rules)
     path = tmp_path / f"prior{suffix}"
@@ -316,7 +344,7 @@ def test_handwritten_files(tmp_path, cnn):
     assert specs[0] == specs[1] == specs[2]
     resolved = specs[0].resolve(cnn)
     assert list(resolved) == ["features.0.weight", "features.3.weight", "proj.weight"]
-    assert resolved["features.0.weight"].slab == "laplace" and resolved["proj.weight"].num_components == 4
+    assert resolved["features.0.weight"].prior.slab == "laplace" and resolved["proj.weight"].guide.num_components == 4
 
 
 def test_coerce(cnn):

@@ -36,8 +36,8 @@ def prior_of(cfg):
 
 
 def compressed_sites(net, prior):
-    """``name -> (K, PriorSettings)`` of the weights the spec compresses (the resolved SQS sites)."""
-    return {name: (s.num_components, s) for name, s in PriorSpec.coerce(prior).resolve(net).items()}
+    """``name -> (K, GuideSettings)`` of the weights the spec compresses (the resolved SQS sites)."""
+    return {name: (s.guide.num_components, s.guide) for name, s in PriorSpec.coerce(prior).resolve(net).items()}
 
 
 def common_k(sites):

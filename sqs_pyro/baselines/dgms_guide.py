@@ -171,8 +171,8 @@ class DGMSGuide(AutoMessenger):
         scores = {name: site.anchor.detach().abs() for name, site in model.sites.items()}
         keeps = global_topk_masks(scores, init_sparsity)
         for name, site in model.sites.items():
-            grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings)
-            deep_setattr(self, "site_params." + name, DGMSSiteParams(site.anchor, grouping, site.settings, keeps[name]))
+            grouping = groupings.get(name) or build_grouping(site.anchor.detach(), site.settings.guide)
+            deep_setattr(self, "site_params." + name, DGMSSiteParams(site.anchor, grouping, site.settings.guide, keeps[name]))
 
     def params_of(self, name):
         """The :class:`DGMSSiteParams` of site ``name``."""

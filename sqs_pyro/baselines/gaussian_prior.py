@@ -1,6 +1,6 @@
 """
 The paper's ablation: SQS with a plain Gaussian prior ``N(0, sigma_0^2)``
-instead of the spike-and-slab (``PriorSettings(spike=False)``). Everything
+instead of the spike-and-slab (``spike = false`` in the spec: ``PriorSettings(spike=False)``). Everything
 else -- guide, schedule, budget, export -- is the SQS run's; the gate is then a
 pruning device outside the KL (see :mod:`sqs_pyro.distributions.kl`).
 

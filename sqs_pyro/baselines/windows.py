@@ -3,7 +3,7 @@ Training-free baselines on the same groups (windows) as SQS: magnitude
 pruning, then per-window round-to-nearest or per-window k-means.
 
 For a fair comparison at the same bits, each compressed weight is cut into the
-groups its :class:`~sqs_pyro.PriorSettings` asks for (``window="layer"``,
+groups its :class:`~sqs_pyro.GuideSettings` ask for (``window="layer"``,
 ``"equal"`` or ``"outlier"``, :func:`~sqs_pyro.guides.build_grouping`, built on
 the dense weight exactly as the SQS guide builds them), and every group gets
 ``K`` codebook values:
@@ -104,7 +104,8 @@ def window_baselines(net, spec, *, method, sparsity=0.0, codebook_dtype=torch.fl
     weights = {name: net.get_parameter(name).detach() for name in settings}
     masks = magnitude_masks(weights, sparsity)
     out = {}
-    for name, s in settings.items():
+    for name, layer in settings.items():
+        s = layer.guide
         grouping = build_grouping(weights[name], s)
         out[name] = windowed_quantize(weights[name], masks[name], grouping, s.num_components, quantizers[method],
                                       codebook_dtype)

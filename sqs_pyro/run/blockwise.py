@@ -131,7 +131,7 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
                         resume=resume and os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)))
         guide, state = fit.guide, fit.state
         compressed = {
-            name: dataclasses.replace(ct, num_components=model.sites[name].settings.num_components)
+            name: dataclasses.replace(ct, num_components=model.sites[name].settings.guide.num_components)
             for name, ct in hard_assignment(model, guide, codebook_dtype=getattr(torch, codebook_dtype)).items()
         }
     scale = model.likelihood.scale

@@ -113,7 +113,7 @@ def test_centroid_finetune_moves_only_codebooks():
 def test_gaussian_prior_spec():
     spec = gaussian_prior_spec({"_default": {"num_components": 8}, "re:fc.*": {"slab_scale": 1.0}, "head": "dense"})
     assert spec["_default"]["spike"] is False and spec["re:fc.*"]["spike"] is False and spec["head"] is None
-    assert PriorSpec(spec).settings("re:fc.*").num_components == 8
+    assert PriorSpec(spec).settings("re:fc.*").guide.num_components == 8
 
 
 def test_format_table():

@@ -5,7 +5,7 @@ from sqs_pyro import PriorSpec
 from sqs_pyro.guides import Grouping, SQSGuide, build_grouping
 from sqs_pyro.guides.channels import channel_groups, column_groups, group_outliers
 from sqs_pyro.models import Gaussian, SQSModel
-from sqs_pyro.prior_spec import PriorSettings
+from sqs_pyro.prior_spec import GuideSettings
 
 
 def test_channel_groups_are_rows():
@@ -33,18 +33,18 @@ def test_group_size_must_divide_columns_with_a_hint():
     net = torch.nn.Linear(576, 4)
     with pytest.raises(ValueError, match=r"group_size=128 does not divide the 576 input columns of module ''"):
         PriorSpec({"_default": {"window": "columns", "group_size": 128}}).resolve(net)
-    assert PriorSpec({"_default": {"window": "columns", "group_size": 64}}).resolve(net)["weight"].group_size == 64
+    assert PriorSpec({"_default": {"window": "columns", "group_size": 64}}).resolve(net)["weight"].guide.group_size == 64
 
 
 def test_prior_spec_accepts_the_new_windows_and_rejects_bad_values():
-    s = PriorSettings(window="channel", init="fisher")
-    assert PriorSettings.from_dict(s.to_dict()) == s
+    s = GuideSettings(window="channel", init="fisher")
+    assert GuideSettings.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="window='rows' is invalid"):
-        PriorSettings(window="rows")
+        GuideSettings(window="rows")
     with pytest.raises(ValueError, match="group_size=0 is invalid"):
-        PriorSettings(window="columns", group_size=0)
+        GuideSettings(window="columns", group_size=0)
     with pytest.raises(ValueError, match="init='gptq' is invalid"):
-        PriorSettings(init="gptq")
+        GuideSettings(init="gptq")
 
 
 def test_prior_spec_toml_round_trip(tmp_path):
@@ -60,9 +60,9 @@ def test_outliers_per_group():
     w[2, 7], w[4, 50] = 40.0, -40.0
     fp = group_outliers(w, 5.0)
     assert fp.sum() == 2 and fp[2, 7] and fp[4, 50]
-    g = build_grouping(w, PriorSettings(window="channel", tails="full"))
+    g = build_grouping(w, GuideSettings(window="channel", tails="full"))
     assert torch.equal(g.full_precision, fp)
-    assert build_grouping(w, PriorSettings(window="channel")).full_precision is None
+    assert build_grouping(w, GuideSettings(window="channel")).full_precision is None
 
 
 def test_guide_codebooks_per_channel_match_each_rows_kmeans():

@@ -19,7 +19,7 @@ def test_sites_follow_the_spec_and_anchors_are_the_networks_parameters():
     model = SQSModel(net, {"_default": {"num_components": 4}, "2": None}, Categorical(), num_data=10)
     assert list(model.sites) == ["0.weight"]
     site = model.sites["0.weight"]
-    assert site.anchor is net[0].weight and site.shape == (8, 4) and site.settings.num_components == 4
+    assert site.anchor is net[0].weight and site.shape == (8, 4) and site.settings.guide.num_components == 4
     assert not net[0].weight.requires_grad  # anchors are frozen (train_anchors off)
     assert [n for n, _ in model.point_parameters()] == ["0.bias", "2.weight", "2.bias"]
     assert isinstance(model.prior_spec, PriorSpec)
@@ -44,7 +44,7 @@ def test_the_prior_is_spike_and_slab_per_weight():
     model = SQSModel(net, {"_default": {"num_components": 4}}, Categorical(), num_data=10)
     prior = model.prior("0.weight")
     assert prior.event_shape == (8, 4) and isinstance(prior.base_dist, SpikeSlab)
-    settings = model.sites["0.weight"].settings
+    settings = model.sites["0.weight"].settings.prior
     assert torch.allclose(prior.base_dist.inclusion_prob, torch.tensor(settings.inclusion_prob))
     zero = torch.zeros(8, 4)
     assert torch.isfinite(prior.log_prob(zero))  # the spike: a point mass at zero

@@ -70,7 +70,7 @@ def test_default_modules(build, expected):
     net = build()
     spec = default_prior_spec(net, num_components=8)
     assert compressed_modules(net, spec) == expected
-    assert all(s.num_components == 8 for s in PriorSpec(spec).resolve(net).values())
+    assert all(s.guide.num_components == 8 for s in PriorSpec(spec).resolve(net).values())
     # the spec is plain data: it round-trips through a PriorSpec dict
     assert PriorSpec(spec) == PriorSpec.from_dict(PriorSpec(spec).to_dict())
 
@@ -94,7 +94,7 @@ def test_include_and_exclude():
     assert not any(n.startswith("model.layers.1.self_attn") for n in names)
     assert "model.layers.0.mlp.gate_proj" in names and "model.layers.1.mlp.gate_proj" in names
     assert "lm_head" in names
-    assert all(s.window == "equal" for s in PriorSpec(spec).resolve(net).values())
+    assert all(s.guide.window == "equal" for s in PriorSpec(spec).resolve(net).values())
     # users can also edit the dict: drop a module by its exact name
     spec["model.layers.0.mlp.up_proj"] = None
     assert "model.layers.0.mlp.up_proj" not in compressed_modules(net, spec)
