@@ -63,6 +63,7 @@ from _common import ConfigRows, write_results  # noqa: E402
 from sqs_pyro.data.smollm2 import load_smollm2, synthetic_texts, wikipedia_texts  # noqa: E402
 from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
+from sqs_pyro.run.table import field, markdown_table  # noqa: E402
 
 #: Window sizes of examples/llama_wikipedia.py's sizes: the same calibration and held-out windows as its runs.
 SIZES = {"smoke": dict(train_windows=8, train_len=32, eval_len=32),
@@ -458,27 +459,40 @@ def sqs_base_perplexity(pattern=SQS_RESULTS):
     return next((round(x, 3) for x in found if x is not None), None)
 
 
-def _f(value, fmt):
-    return "—" if value is None else fmt.format(value)
+def _method_cell(r):
+    note = f" **failed: {r['error']}**" if r.get("error") else (" (not run yet)" if r.get("not_run") else "")
+    if r.get("iters"):
+        note = f", {r['iters']} steps x batch {r['batch_size']}" + note
+    return f"{r['method']}{note}"
+
+
+def _side_and_mask(r):
+    parts = r.get("parts_bits_per_weight") or {}
+    return {"side": parts.get("scales", 0) + parts.get("zero_points", 0) if parts else None, "mask": parts.get("mask")}
+
+
+def _file_cell(r):
+    return "—" if not r.get("layer_file_bytes") else f"{r['layer_file_bytes']:,} ({r['file_bits_per_weight']:.2f})"
+
+
+#: the table's columns (:func:`~sqs_pyro.run.table.markdown_table`)
+COLUMNS = (
+    ("method", _method_cell),
+    ("library", lambda r: f"{r.get('library', '—')} {r.get('version') or ''}"),
+    ("bits", lambda r: f"{r.get('bits') or '—'}"),
+    ("group", lambda r: f"{r.get('group_size') or '—'}"),
+    ("zeros", field("sparsity", "{:.1%}")),
+    ("perplexity", field("perplexity", "{:.3f}")),
+    ("honest bits/weight", field("bits_per_weight", "{:.3f}")),
+    ("of which scales + zeros", lambda r: field("side", "{:.3f}")(_side_and_mask(r))),
+    ("mask", lambda r: field("mask", "{:.3f}")(_side_and_mask(r))),
+    ("library file: compressed layers (bytes, bits/weight)", _file_cell),
+    ("compress time", field("compress_seconds", "{:.0f} s")),
+)
 
 
 def markdown(results):
-    head = ("| method | library | bits | group | zeros | perplexity | honest bits/weight | of which scales + zeros "
-            "| mask | library file: compressed layers (bytes, bits/weight) | compress time |")
-    lines = [head, "|" + " --- |" * 11]
-    for r in results["rows"] + results["sqs_rows"]:
-        parts = r.get("parts_bits_per_weight") or {}
-        side = parts.get("scales", 0) + parts.get("zero_points", 0) if parts else None
-        file_cell = ("—" if not r.get("layer_file_bytes") else
-                     f"{r['layer_file_bytes']:,} ({r['file_bits_per_weight']:.2f})")
-        error = f" **failed: {r['error']}**" if r.get("error") else (" (not run yet)" if r.get("not_run") else "")
-        if r.get("iters"):
-            error = f", {r['iters']} steps x batch {r['batch_size']}" + error
-        lines.append(
-            f"| {r['method']}{error} | {r.get('library', '—')} {r.get('version') or ''} | {r.get('bits') or '—'} "
-            f"| {r.get('group_size') or '—'} | {_f(r.get('sparsity'), '{:.1%}')} | {_f(r.get('perplexity'), '{:.3f}')} "
-            f"| {_f(r.get('bits_per_weight'), '{:.3f}')} | {_f(side, '{:.3f}')} | {_f(parts.get('mask'), '{:.3f}')} "
-            f"| {file_cell} | {_f(r.get('compress_seconds'), '{:.0f} s')} |")
+    table = markdown_table(results["rows"] + results["sqs_rows"], COLUMNS)
     m = results["machine"]
     sqs_note = ("SQS rows: block-wise runs of `examples/llama_blockwise.py` (results in "
                 f"`{SQS_RESULTS}`): each decoder layer fitted on its own Gaussian likelihood around the teacher "
@@ -509,7 +523,7 @@ def markdown(results):
         f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', ()))}: the machine is "
         "shared with other jobs, so times are contended wall-clock times.",
         "",
-    ] + lines + ["", sqs_note, ""] + ([results["note"], ""] if results.get("note") else []))
+    ] + [table, "", sqs_note, ""] + ([results["note"], ""] if results.get("note") else []))
 
 
 def main(argv=None):

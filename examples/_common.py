@@ -13,6 +13,8 @@ from sqs_pyro.run.blockwise import apply_compressed  # noqa: F401  (re-exported 
 from sqs_pyro.run.results import write_results  # noqa: F401  (re-exported for the examples)
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import export_pretrained
+from sqs_pyro.run import table
+from sqs_pyro.run.table import field
 
 #: The training choices the transformer examples were measured with (learned gates, frozen anchors, no
 #: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.run.recipes) is not measured on them yet.
@@ -66,24 +68,22 @@ def size_columns(info):
     return out
 
 
-def _f(value, fmt):
-    return "—" if value is None else fmt.format(value)
-
-
 def markdown_table(rows, metric, metric_fmt="{:.4f}"):
     """Rows of dicts as a Markdown table (method, K, windows, sparsity, metric, honest bits, CRs, bytes)."""
-    header = (f"| method | K | windows | sparsity | {metric} | bits/weight (plain) | bits/weight (entropy coded) "
-              "| paper CR | layers CR vs fp32 (EC) | file bytes (EC) | whole-model CR vs fp32 (EC) |")
-    lines = [header, "|" + " --- |" * 11]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r.get('K', '—')} | {r.get('window', '—')} | {_f(r.get('sparsity'), '{:.1%}')} "
-            f"| {_f(r.get(metric), metric_fmt)} | {_f(r.get('bits_per_weight'), '{:.3f}')} "
-            f"| {_f(r.get('ec_bits_per_weight'), '{:.3f}')} | {_f(r.get('paper_cr'), '{:.2f}×')} "
-            f"| {_f(r.get('ec_layers_cr_fp32'), '{:.2f}×')} | {_f(r.get('ec_file_bytes'), '{:,}')} "
-            f"| {_f(r.get('ec_model_cr_fp32'), '{:.2f}×')} |"
-        )
-    return "\n".join(lines)
+    columns = [
+        ("method", field("method")),
+        ("K", field("K")),
+        ("windows", field("window")),
+        ("sparsity", field("sparsity", "{:.1%}")),
+        (metric, field(metric, metric_fmt)),
+        ("bits/weight (plain)", field("bits_per_weight", "{:.3f}")),
+        ("bits/weight (entropy coded)", field("ec_bits_per_weight", "{:.3f}")),
+        ("paper CR", field("paper_cr", "{:.2f}×")),
+        ("layers CR vs fp32 (EC)", field("ec_layers_cr_fp32", "{:.2f}×")),
+        ("file bytes (EC)", field("ec_file_bytes", "{:,}")),
+        ("whole-model CR vs fp32 (EC)", field("ec_model_cr_fp32", "{:.2f}×")),
+    ]
+    return table.markdown_table(rows, columns)
 
 
 class ConfigRows:

@@ -39,7 +39,7 @@ from sqs_pyro.data.tokenized import TokenWindows  # noqa: E402
 from sqs_pyro.run.distributed import init_from_env  # noqa: E402
 from sqs_pyro.export import save, size_report  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_perplexity, default_prior_spec  # noqa: E402
-from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained  # noqa: E402
+from sqs_pyro.models.transformers_io import export_pretrained  # noqa: E402
 
 SIZES = {
     "smoke": dict(calib_windows=8, calib_len=32, eval_windows=4, eval_len=32, steps=4, batch_size=2),
@@ -203,12 +203,13 @@ def main(argv=None):
                                                   resume=args.resume)
         rows["final_pass_seconds"] = t_final.seconds
     path = os.path.join(args.out, "model.sqs.safetensors")
-    save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs-blockwise", "data": data_desc})
-    rows["file_bytes"] = os.path.getsize(path)
+    # written, read back as a fresh model and checked bit-exact to the greedy network
+    plain = export_pretrained(path, greedy, compressed, metadata={"method": "sqs-blockwise", "data": data_desc},
+                              entropy_coded=False)["plain"]
+    rows["file_bytes"] = plain.bytes
     rows.update(layer_bits(path, compressed))
     if not args.no_eval:
-        reloaded = load_compressed_pretrained(path)
-        rows["perplexity"], _ = causal_lm_perplexity(reloaded, held, batch_size=2)
+        rows["perplexity"], _ = causal_lm_perplexity(plain.reloaded, held, batch_size=2)
     rows["blocks_seconds"] = t_blocks.seconds
     rows["total_seconds"] = time.perf_counter() - start
     results = {"model": model_desc, "data": data_desc, "processes": world, "torch_threads": torch.get_num_threads(),

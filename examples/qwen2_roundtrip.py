@@ -25,11 +25,10 @@ from _common import TRANSFORMER_RECIPE, Timer, set_threads, write_results  # noq
 
 from sqs_pyro.run.config import CompressConfig  # noqa: E402
 from sqs_pyro.data.tokenized import ByteTokenizer, TokenWindows  # noqa: E402
-from sqs_pyro.export import size_report  # noqa: E402
 from sqs_pyro.models import CausalLM  # noqa: E402
 from sqs_pyro.models.transformers import causal_lm_forward, causal_lm_perplexity, compressed_modules, default_prior_spec  # noqa: E402
 from sqs_pyro.guides import compressed_weights  # noqa: E402
-from sqs_pyro.models.transformers_io import load_compressed_pretrained, save_compressed_pretrained  # noqa: E402
+from sqs_pyro.models.transformers_io import export_pretrained  # noqa: E402
 from sqs_pyro.run.fit import fit_sqs  # noqa: E402
 
 SIZES = {
@@ -99,14 +98,10 @@ def main(argv=None):
 
         # export, load, generate
         compressed, greedy = compressed_weights(model, guide, codebook_dtype="float16")
-        path = os.path.join(args.out, "qwen2.sqs.safetensors")
-        save_compressed_pretrained(path, greedy, compressed, metadata={"method": "sqs", "data": "synthetic"})
-        ec_path = os.path.join(args.out, "qwen2.sqs.ec.safetensors")
-        save_compressed_pretrained(ec_path, greedy, compressed, metadata={"method": "sqs"}, entropy_coded=True)
-        loaded = load_compressed_pretrained(path)
-        mismatched = [n for n, t in greedy.state_dict().items() if not torch.equal(loaded.state_dict()[n], t)]
-        if mismatched:
-            raise RuntimeError(f"reloaded weights differ from the greedy weights at {mismatched[:5]}")
+        # plain and entropy coded (qwen2.sqs.ec.safetensors), each read back as a Qwen2ForCausalLM and checked bit-exact
+        files = export_pretrained(os.path.join(args.out, "qwen2.sqs.safetensors"), greedy, compressed,
+                                  metadata={"method": "sqs", "data": "synthetic"})
+        loaded = files["plain"].reloaded
         tied = loaded.lm_head.weight is loaded.model.embed_tokens.weight
         prompt = torch.tensor([tok.encode("the model ")])
         gen_loaded = loaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
@@ -115,7 +110,7 @@ def main(argv=None):
         if not torch.equal(gen_loaded, gen_greedy):
             raise RuntimeError("greedy decoding of the reloaded model differs from the greedy MAP network")
         ppl = {"base": causal_lm_perplexity(base, data)[0], "reloaded": causal_lm_perplexity(loaded, data)[0]}
-        rep, ec = size_report(path), size_report(ec_path)
+        rep, ec = files["plain"].report, files["entropy_coded"].report
 
     results = {
         "model": f"random Qwen2Config ({size['layers']} layers, hidden {size['hidden']}, tied embeddings)",

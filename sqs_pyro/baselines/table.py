@@ -18,37 +18,24 @@ Example::
 import re
 
 from sqs_pyro.run.results import write_results as write_run_results
-
-COLUMNS = ("method", "K", "sparsity", "accuracy", "paper CR", "honest CR", "file bytes")
-
-
-def _x(value):
-    return "∞" if value is None else f"{value:.2f}×"
+from sqs_pyro.run.table import field, markdown_table
 
 
-def _pct(value):
-    return "—" if value is None else f"{100 * value:.2f}%"
+def _joined(*cells):
+    """One cell made of several, side by side."""
+    return lambda row: "".join(cell(row) for cell in cells)
 
 
-def format_row(row):
-    """The Markdown cells of one row."""
-    accuracy = _pct(row.get("accuracy"))
-    if row.get("bma_accuracy") is not None:
-        accuracy += f" (BMA {_pct(row['bma_accuracy'])})"
-    honest = _x(row.get("honest_cr"))
-    if row.get("model_cr") is not None:
-        honest += f" (file {_x(row['model_cr'])})"
-    k = row.get("K")
-    file_bytes = row.get("file_bytes")
-    return (
-        row.get("label") or row["method"],
-        "—" if k is None else str(k),
-        "—" if row.get("sparsity") is None else _fmt_sparsity(row["sparsity"]),
-        accuracy,
-        _x(row.get("paper_cr")),
-        honest,
-        "—" if file_bytes is None else f"{file_bytes:,}",
-    )
+#: the table's columns (:func:`~sqs_pyro.run.table.markdown_table`)
+COLUMNS = (
+    ("method", lambda row: row.get("label") or row["method"]),
+    ("K", field("K")),
+    ("sparsity", field("sparsity", "{:.1%}")),
+    ("accuracy", _joined(field("accuracy", "{:.2%}"), field("bma_accuracy", " (BMA {:.2%})", missing=""))),
+    ("paper CR", field("paper_cr", "{:.2f}×", missing="∞")),
+    ("honest CR", _joined(field("honest_cr", "{:.2f}×", missing="∞"), field("model_cr", " (file {:.2f}×)", missing=""))),
+    ("file bytes", field("file_bytes", "{:,}")),
+)
 
 
 def format_table(rows):
@@ -58,14 +45,7 @@ def format_table(rows):
     honest CR (compressed layers' fp32 bytes / their stored bytes, and whole model
     fp32 bytes / file bytes), file bytes.
     """
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(format_row(row)) + " |")
-    return "\n".join(lines)
-
-
-def _fmt_sparsity(row_sparsity):
-    return f"{100 * row_sparsity:.1f}%"
+    return markdown_table(rows, COLUMNS)
 
 
 def result_stem(dataset, arch, k, sparsity, train_size=None):
@@ -80,9 +60,9 @@ def to_markdown(result):
     """The Markdown file: a title, the setting, the table and what each method did."""
     head = [
         f"# Baselines: {result['dataset']['name']}, {result['arch']}, K = {result['K']}, "
-        f"target sparsity {_fmt_sparsity(result['target_sparsity'])}",
+        f"target sparsity {result['target_sparsity']:.1%}",
         "",
-        f"Base accuracy {_pct(result['base_accuracy'])}; {result['train_size']:,} training and "
+        f"Base accuracy {result['base_accuracy']:.2%}; {result['train_size']:,} training and "
         f"{result['test_size']:,} test examples; compression budget {result['epochs']} epochs; device "
         f"{result['device']}; total {result['seconds']:.0f} s.",
         "Accuracy is that of the network reloaded from the exported file (same writer for every method). "

@@ -2,7 +2,8 @@
 The export verb: write a compressed network, read each file back, check every
 tensor bit-exact, and report its size. Every path that writes a compressed file
 goes through :func:`export_checked` (the run's export, the baselines, the
-transformers examples); :func:`apply_compressed` writes the dense form of
+transformers examples; the few direct writers, scratch and per-block files, are
+listed in tests/export/test_checked.py); :func:`apply_compressed` writes the dense form of
 compressed tensors into a network, so that the network and the file agree.
 
 Example::

@@ -10,6 +10,8 @@ The application around the core: the ``sqs-pyro`` command line and what it runs.
   -- the base network, :mod:`.blockwise` -- block-wise runs of decoder LLMs;
 * :mod:`.checkpoint`, :mod:`.identity`, :mod:`.lock`, :mod:`.distributed` -- safe, resumable,
   single-writer, multi-process runs.
+* :mod:`.results` -- the one results writer (``<stem>.json`` and ``<stem>.md``), :mod:`.table` -- the
+  one Markdown table formatter.
 
 The core (distributions, ELBO, handlers, prior spec, export) is in :mod:`sqs_pyro`, the models in
 :mod:`sqs_pyro.models`, the guides in :mod:`sqs_pyro.guides`, the baselines in :mod:`sqs_pyro.baselines`.

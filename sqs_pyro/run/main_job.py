@@ -30,6 +30,7 @@ from .pipeline import (
     resolve_device,
 )
 from .results import write_results
+from .table import field, markdown_table
 
 
 def run_main_job(cfg, resume=False, progress=True, baselines=True):
@@ -60,24 +61,30 @@ def run_main_job(cfg, resume=False, progress=True, baselines=True):
     return results
 
 
+#: the table of a main job run without the baselines (:func:`~sqs_pyro.run.table.markdown_table`)
+SQS_COLUMNS = (
+    ("method", field("method")),
+    ("sparsity", field("sparsity", "{:.3f}")),
+    ("greedy acc", field("greedy_accuracy", "{:.4f}")),
+    ("BMA acc", field("bma_accuracy", "{:.4f}")),
+    ("reloaded acc", field("reloaded_accuracy", "{:.4f}")),
+    ("file bytes", field("bytes")),
+    ("honest CR (compressed layers)", lambda row: f"{row['cr_fp32']:.2f} ({row['model_cr']:.2f} whole file)"),
+)
+
+
 def format_table(results):
     """One Markdown table of a main-job result (SQS and, when present, the baselines)."""
+    head = f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}\n\n"
     rows = results.get("table_rows")
     if rows:
-        head = f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}\n\n"
         return head + baseline_table(rows)
     sqs = results["sqs"]
     plain = sqs["files"]["plain"]
-    report = plain["report"]
-    lines = [
-        f"base {results['arch']} on {results['dataset']['name']}: accuracy {results['base_accuracy']:.4f}",
-        "",
-        "| method | sparsity | greedy acc | BMA acc | reloaded acc | file bytes | honest CR (compressed layers) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| SQS | {sqs['sparsity']:.3f} | {sqs['greedy_accuracy']:.4f} | {sqs['bma_accuracy']:.4f} | "
-        f"{plain['reloaded_accuracy']:.4f} | {plain['bytes']} | {report['cr_fp32']:.2f} ({report['model_cr']:.2f} whole file) |",
-    ]
-    return "\n".join(lines)
+    row = {"method": "SQS", "sparsity": sqs["sparsity"], "greedy_accuracy": sqs["greedy_accuracy"],
+           "bma_accuracy": sqs["bma_accuracy"], "reloaded_accuracy": plain["reloaded_accuracy"], "bytes": plain["bytes"],
+           "cr_fp32": plain["report"]["cr_fp32"], "model_cr": plain["report"]["model_cr"]}
+    return head + markdown_table([row], SQS_COLUMNS)
 
 
 def write_main_results(cfg, results):

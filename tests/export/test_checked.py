@@ -57,3 +57,33 @@ def test_entropy_coded_file_written_but_not_reloaded_on_request(tmp_path):
     files = export_checked(str(tmp_path / "m.safetensors"), net, compressed, reload_entropy_coded=False)
     assert files["plain"].reloaded is not None and files["entropy_coded"].reloaded is None
     assert files["entropy_coded"].bytes == os.path.getsize(files["entropy_coded"].path)
+
+
+#: files that call a compressed-file writer directly, and why (everything else writes through export_checked)
+DIRECT_WRITERS = {
+    "sqs_pyro/run/blockwise.py": "per-block resume files, read back by the block loop itself",
+    "examples/llama_wikipedia.py": "layer_sizes: scratch files of the compressed layers alone, measured and deleted",
+    "examples/llama_blockwise.py": "layer_bits: scratch files of the compressed layers alone, measured and deleted",
+}
+
+
+def test_compressed_files_are_written_through_the_export_verb():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    writers = {"save", "save_compressed_pretrained"}
+    found = set()
+    for folder in ("sqs_pyro", "models", "guides", "analysis", "examples", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("sqs_pyro/export/") or rel == "models/transformers_io.py":
+                continue  # the writers and the verb themselves
+            tree = ast.parse(path.read_text())
+            imported = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                        and any(m in (node.module or "") for m in ("export", "transformers_io"))
+                        for a in node.names} & writers
+            if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported
+                   for node in ast.walk(tree)):
+                found.add(rel)
+    assert found == set(DIRECT_WRITERS)
