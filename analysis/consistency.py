@@ -29,6 +29,26 @@ replaced by the straight-through estimate (the drawn gate). With frozen anchors
 those of the pretrained weights and can change only where the codebook moves
 across them.
 
+**The fit is the compress verb's.** The student is fitted by
+:class:`~sqs_pyro.run.trainer.SQSTrainer`, the loop that
+:func:`~sqs_pyro.run.fit.fit_sqs` runs, on an :class:`~sqs_pyro.models.SQSModel`
+and :class:`~sqs_pyro.guides.SQSGuide` built as it builds them, with a
+:class:`~sqs_pyro.run.config.CompressConfig` of the paper's recipe with learned
+gates, the study's anchors, no pruning schedule, ``kl_weight = 1``, constant
+learning rates ``lr`` / ``gate_lr`` / ``anchor_lr`` and the step cap as its
+length; the stopping rule below is the ``stop`` of
+:meth:`~sqs_pyro.run.trainer.SQSTrainer.run` (``fit_sqs`` does not take one
+yet, hence the trainer), and the trainer's log and its one checkpoint
+(``checkpoint_every`` = the cap) go to a temporary directory. What this changes
+against the SVI loop of its own that the study had before (issue 15):
+minibatches (``n > batch_size``) are the trainer's, ``n //
+batch_size`` batches per shuffled epoch, not independent draws with
+replacement; the loss is the ELBO's total, not divided by ``n`` (Adam is
+invariant to the scale, up to its ``eps``); a non-finite loss stops the fit
+with :class:`~sqs_pyro.run.trainer.NonFiniteLossError`. The greedy export is
+:func:`~sqs_pyro.guides.compressed_weights`, the export of every other path
+(nothing is written to a file).
+
 **Convergence before measurement.** SVI runs with constant learning rates;
 every ``check_every`` steps the full-data ELBO is evaluated at
 ``monitor_particles`` fixed draws (common random numbers, so that successive
@@ -44,7 +64,7 @@ Measured for each run (on fresh test inputs, exactly, not through noisy ``y``):
 
 - the excess risk ``E_x (f(x) - f0(x))^2`` (= test MSE minus ``sigma^2``) of the
   pretrained dense network, the posterior-mean network (weights
-  ``gamma * sum_k phi_k mu_k``), the greedy export (:func:`~sqs_pyro.guides.greedy_map`),
+  ``gamma * sum_k phi_k mu_k``), the greedy export (:func:`~sqs_pyro.guides.compressed_weights`),
   and its average over draws from the variational posterior ``q`` (the
   quantity the theorem bounds);
 - the squared Hellinger distance between ``N(f(x), sigma^2)`` and
@@ -59,6 +79,8 @@ Measured for each run (on fresh test inputs, exactly, not through noisy ``y``):
   and the codebook values ``u`` the export uses (every teacher level is
   matched), and the reverse distance (no spurious level), at the same ``c``.
 
+:mod:`sqs_pyro.analysis.consistency_config` holds the settings
+(:class:`ConsistencyConfig`, :data:`ABLATIONS`);
 :mod:`sqs_pyro.analysis.consistency_result` summarises the runs (means and
 95% bands over seeds, slopes with their uncertainty) and writes the tables
 and the figure.
@@ -84,10 +106,11 @@ Example::
 """
 
 import copy
-import dataclasses
 import math
+import multiprocessing
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,140 +118,17 @@ import pyro
 import torch
 from torch import nn
 
-from .consistency_result import PREDICTORS, ConsistencyResult
+from sqs_pyro.elbo import SQSELBO
+from sqs_pyro.guides import SQSGuide, compressed_weights
+from sqs_pyro.models import Gaussian, SQSModel
+from sqs_pyro.run.config import CompressConfig
+from sqs_pyro.run.trainer import SQSTrainer, TensorData
 
-__all__ = ["ABLATIONS", "ConsistencyConfig", "ConsistencyResult", "make_teacher", "run_consistency"]
+from .consistency_config import ABLATIONS, ConsistencyConfig
+from .consistency_result import ConsistencyResult
 
-#: The ablations at the largest ``n``: name -> the settings that differ from the default fit.
-ABLATIONS = {
-    "K = 2": {"num_components": 2},
-    "lambda0 = 0.9": {"inclusion_prob": 0.9},
-    "plug_in = mean": {"plug_in": "mean"},
-    "anchors = frozen": {"anchors": "frozen"},
-}
-
-
-@dataclass(frozen=True)
-class ConsistencyConfig:
-    """
-    Settings of the simulation; every field has a default (about 5 minutes on
-    two idle cores), :meth:`smoke` gives a version of about half a minute and
-    :meth:`full` the longer study.
-
-    :param tuple seeds: replicate seeds; each draws its own teacher, data, students and SVI noise.
-    :param tuple sizes: the grid of training-set sizes ``n``.
-    :param tuple teacher_widths: hidden widths of the teacher.
-    :param tuple teacher_levels: the teacher's 4-level codebook.
-    :param float noise_std: ``sigma`` of the Gaussian noise (the student's
-        likelihood uses the true value).
-    :param int student_width: hidden width of both student layers.
-    :param int num_components: ``K`` of every student layer.
-    :param float inclusion_prob: the prior's ``lambda_0``.
-    :param str plug_in: the ELBO's data term, ``"sample"`` (a Monte Carlo ELBO)
-        or ``"mean"`` (the paper's posterior-mean surrogate).
-    :param str anchors: ``"straight-through"`` or ``"frozen"`` (module docstring).
-    :param float lr: learning rate of the codebooks, scales, mixing weights and biases.
-    :param float gate_lr: learning rate of the gate logits ``rho``.
-    :param float anchor_lr: learning rate of straight-through anchors.
-    :param int max_steps: the step cap of a fit for ``n <= steps_reference_n``;
-        larger ``n`` get ``max_steps * (n / steps_reference_n) ** steps_growth``.
-    :param int check_every: SVI steps between two evaluations of the full-data ELBO.
-    :param float elbo_tol: an improvement of less than this many nats of the total ELBO per 1000
-        examples (``elbo_tol * n / 1000`` nats) is none.
-    :param int patience: checks per window: the mean ELBO of the last ``patience`` checks is
-        compared with that of the ``patience`` before (both at the current learning rates).
-    :param float lr_decay: the factor of each decay.
-    :param int max_decays: decays before a plateau means convergence.
-    :param int monitor_particles: fixed draws of the ELBO evaluations.
-    :param int posterior_draws: networks drawn from ``q`` for the ``E_q`` columns.
-    :param tuple ablations: names of :data:`ABLATIONS` fitted at the largest ``n``.
-    :param int ablation_seeds: how many of ``seeds`` (the first ones) the ablations use.
-    :param int workers: processes (one torch thread each); 1 runs in this process.
-    """
-
-    seeds: tuple = (0, 1, 2, 3)
-    sizes: tuple = (500, 1000, 2000, 4000, 8000, 16000)
-    num_inputs: int = 10
-    num_relevant: int = 4
-    teacher_widths: tuple = (8, 8)
-    teacher_levels: tuple = (-1.0, -0.5, 0.5, 1.0)
-    noise_std: float = 0.5
-    student_width: int = 16
-    num_components: int = 4
-    inclusion_prob: float = 0.01
-    slab_scale: float = 3.0
-    tau: float = 1e-3
-    plug_in: str = "sample"
-    anchors: str = "straight-through"
-    pretrain_steps: int = 1500
-    pretrain_batch_size: int = 512
-    pretrain_lr: float = 1e-2
-    batch_size: int = 1024
-    lr: float = 3e-3
-    gate_lr: float = 1e-3
-    anchor_lr: float = 1e-3
-    max_steps: int = 3000
-    steps_growth: float = 0.5
-    steps_reference_n: int = 1000
-    check_every: int = 50
-    elbo_tol: float = 0.5
-    patience: int = 4
-    lr_decay: float = 0.3
-    max_decays: int = 2
-    monitor_particles: int = 4
-    num_test: int = 20000
-    posterior_draws: int = 16
-    ablations: tuple = tuple(ABLATIONS)
-    ablation_seeds: int = 1
-    workers: int = 2
-
-    def __post_init__(self):
-        for name in ("seeds", "sizes", "teacher_widths", "teacher_levels", "ablations"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.plug_in not in ("sample", "mean"):
-            raise ValueError(f"plug_in must be 'sample' or 'mean', got {self.plug_in!r}")
-        if self.anchors not in ("straight-through", "frozen"):
-            raise ValueError(f"anchors must be 'straight-through' or 'frozen', got {self.anchors!r}")
-        if not self.sizes or min(self.sizes) < 2:
-            raise ValueError(f"sizes must be a non-empty tuple of sample sizes >= 2, got {self.sizes!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty tuple of distinct integers, got {self.seeds!r}")
-        if not 0 < self.num_relevant <= self.num_inputs:
-            raise ValueError(f"num_relevant must be in [1, num_inputs], got {self.num_relevant}")
-        if len(self.teacher_widths) != 2:
-            raise ValueError(f"the teacher has two hidden layers, got widths {self.teacher_widths!r}")
-        unknown = set(self.ablations) - set(ABLATIONS)
-        if unknown:
-            raise ValueError(f"unknown ablations {sorted(unknown)}: choose from {list(ABLATIONS)}")
-
-    @classmethod
-    def smoke(cls, **overrides):
-        """A small version (about half a minute on two cores): two seeds, fewer and smaller ``n``."""
-        base = dict(seeds=(0, 1), sizes=(250, 500, 1000), pretrain_steps=300, max_steps=600, steps_growth=0.0,
-                    batch_size=512, num_test=4000, posterior_draws=4, ablations=("K = 2",), ablation_seeds=1)
-        base.update(overrides)
-        return cls(**base)
-
-    @classmethod
-    def full(cls, **overrides):
-        """The longer study: n up to 64000, eight seeds, every ablation on four of them."""
-        base = dict(seeds=tuple(range(8)), sizes=(500, 1000, 2000, 4000, 8000, 16000, 32000, 64000),
-                    ablation_seeds=4)
-        base.update(overrides)
-        return cls(**base)
-
-    def steps_cap(self, n):
-        """The most SVI steps a fit on ``n`` examples may take."""
-        return int(round(self.max_steps * max(1.0, n / self.steps_reference_n) ** self.steps_growth))
-
-    def to_dict(self):
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
-
+__all__ = ["ABLATIONS", "ConsistencyConfig", "ConsistencyResult", "codebook_recovery", "make_teacher",
+           "run_consistency"]
 
 # ---------------------------------------------------------------------------
 # the teacher and the data
@@ -394,64 +294,85 @@ def _monitor(elbo, model, guide, x, y, particles, seed):
         return -float(np.mean([elbo.loss(model, guide, x, y) for _ in range(particles)]))
 
 
+class _Plateau:
+    """
+    The stopping rule of a fit, as the ``stop`` of :meth:`SQSTrainer.run
+    <sqs_pyro.run.trainer.SQSTrainer.run>`: every ``check_every`` steps
+    ``elbo_at()`` is recorded; on a plateau (module docstring) the learning rates
+    fall by ``lr_decay`` (each group's ``base_lr``), and the plateau after
+    ``max_decays`` decays ends the run, converged.
+    """
+
+    def __init__(self, config, n, elbo_at):
+        self.config, self.elbo_at = config, elbo_at
+        self.tol = config.elbo_tol * n / 1000  # nats of the total ELBO
+        self.history = [(0, elbo_at())]
+        self.decays, self.converged, self._level_start, self._base = 0, False, 1, None
+
+    def __call__(self, trainer):
+        c, step = self.config, trainer.state.step
+        if step % c.check_every:
+            return False
+        self.history.append((step, self.elbo_at()))
+        values = [v for _, v in self.history[self._level_start:]]  # the checks at this learning rate
+        w = c.patience
+        if len(values) < 2 * w or np.mean(values[-w:]) - np.mean(values[-2 * w:-w]) >= self.tol:
+            return False
+        if self.decays == c.max_decays:
+            self.converged = True
+            return True
+        groups = trainer.optimizer.param_groups
+        self._base = self._base or [g["base_lr"] for g in groups]
+        self.decays, self._level_start = self.decays + 1, len(self.history)
+        for group, lr in zip(groups, self._base):
+            group["base_lr"] = lr * c.lr_decay**self.decays
+        return False
+
+    def record(self, steps, cap):
+        """The convergence record of the fit (the run's ``fit`` entry)."""
+        values = [v for _, v in self.history]
+        return {"steps": steps, "step_cap": cap, "converged": self.converged, "lr_decays": self.decays,
+                "elbo_tol": self.tol, "elbo": values[-1], "elbo_best": max(values), "elbo_start": values[0],
+                "elbo_history": self.history}
+
+
+def _compress_config(config, settings, steps, steps_per_epoch):
+    """The :class:`~sqs_pyro.run.config.CompressConfig` of a fit: the proper ELBO, learned gates, no pruning
+    schedule, constant learning rates (the plateau rule lowers them), at most ``steps`` steps."""
+    epochs = steps / steps_per_epoch
+    while math.ceil(epochs * steps_per_epoch) > steps:  # the trainer runs ceil(epochs * steps_per_epoch) steps
+        epochs = math.nextafter(epochs, 0.0)
+    return CompressConfig(recipe="paper", gates="learned", anchors=settings["anchors"], pruning="none",
+                          lr_schedule="constant", kl_weight=1.0, plug_in=settings["plug_in"], lr=config.lr,
+                          gate_lr=config.gate_lr, anchor_lr=config.anchor_lr, epochs=epochs,
+                          checkpoint_every=steps, log_every=config.check_every)
+
+
 def _fit(config, job, pretrained, x, y):
     """
-    SVI with the SQS ELBO on a copy of the pretrained student, until the ELBO
-    stops improving (module docstring). Returns ``(model, guide, fit)`` with
-    ``fit`` the convergence record.
+    SVI with the SQS ELBO on a copy of the pretrained student, by
+    :class:`~sqs_pyro.run.trainer.SQSTrainer` (what :func:`~sqs_pyro.run.fit.fit_sqs`
+    runs), until the ELBO stops improving (:class:`_Plateau`) or the step cap.
+    Returns ``(model, guide, fit)`` with ``fit`` the convergence record.
     """
-    from sqs_pyro import SQSELBO
-    from sqs_pyro.guides import SQSGuide
-    from sqs_pyro.models import Gaussian, SQSModel
-
     n, s = job.n, job.settings(config)
-    straight = s["anchors"] == "straight-through"
-    net = copy.deepcopy(pretrained)
     spec = {"_default": {"num_components": s["num_components"], "inclusion_prob": s["inclusion_prob"],
-                         "slab_scale": config.slab_scale, "tau": config.tau, "train_anchors": straight}}
-    model = SQSModel(net, spec, Gaussian(config.noise_std), num_data=n)
-    guide = SQSGuide(model, gates="learned", straight_through=straight)
-    elbo = SQSELBO(plug_in=s["plug_in"], kl_weight=1.0)
-    gates, others = [], []
-    for name, p in guide.named_parameters():
-        (gates if name.endswith("rho_unconstrained") or name.endswith(".rho") else others).append(p)
-    anchors = [site.anchor for site in model.sites.values()] if straight else []
-    others += [p for _, p in model.point_parameters() if not any(p is a for a in anchors)]
-    groups = [{"params": others, "lr": config.lr}, {"params": gates, "lr": config.gate_lr}]
-    if anchors:
-        groups.append({"params": anchors, "lr": config.anchor_lr})
-    opt = torch.optim.Adam(groups)
-    base = [g["lr"] for g in opt.param_groups]
-    g = torch.Generator().manual_seed(_seed(job.seed, 5, n))
-    b, cap = min(config.batch_size, n), config.steps_cap(n)
-    monitor_seed = _seed(job.seed, 8, n)
-    tol = config.elbo_tol * n / 1000
-    history, decays, converged, level_start = [], 0, False, 1
-    history.append((0, _monitor(elbo, model, guide, x, y, config.monitor_particles, monitor_seed)))
-    step = 0
-    while step < cap and not converged:
-        idx = torch.randint(n, (b,), generator=g) if b < n else None
-        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-        opt.zero_grad()
-        loss = elbo.differentiable_loss(model, guide, xb, yb, subsample=idx) / n
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % config.check_every == 0:
-            history.append((step, _monitor(elbo, model, guide, x, y, config.monitor_particles, monitor_seed)))
-            values = [v for _, v in history[level_start:]]  # the checks at this learning rate
-            w = config.patience
-            if len(values) >= 2 * w and np.mean(values[-w:]) - np.mean(values[-2 * w:-w]) < tol:
-                if decays == config.max_decays:
-                    converged = True
-                else:
-                    decays, level_start = decays + 1, len(history)
-                    for group, lr in zip(opt.param_groups, base):
-                        group["lr"] = lr * config.lr_decay**decays
-    fit = {"steps": step, "step_cap": cap, "converged": converged, "lr_decays": decays, "elbo_tol": tol,
-           "elbo": history[-1][1], "elbo_best": max(v for _, v in history),
-           "elbo_start": history[0][1], "elbo_history": history}
-    return model, guide, fit
+                         "slab_scale": config.slab_scale, "tau": config.tau}}
+    data = TensorData(x, y)
+    batch_size, cap = min(config.batch_size, n), config.steps_cap(n)
+    compress = _compress_config(config, s, cap, len(data) // batch_size)
+    # fit_sqs(copy.deepcopy(pretrained), spec, Gaussian(sigma), data, compress, ..., stop=plateau) once it takes a
+    # stop: it builds the same model, guide and trainer
+    model = SQSModel(copy.deepcopy(pretrained), spec, Gaussian(config.noise_std), num_data=n)
+    guide = SQSGuide(model)
+    monitor = SQSELBO(plug_in=s["plug_in"], kl_weight=1.0)
+    with tempfile.TemporaryDirectory(prefix="sqs-consistency-") as out_dir:
+        trainer = SQSTrainer(model, guide, data, compress, out_dir=out_dir, batch_size=batch_size,
+                             seed=_seed(job.seed, 5, n) % (1 << 31), progress=False)
+        plateau = _Plateau(config, n, lambda: _monitor(monitor, model, guide, x, y, config.monitor_particles,
+                                                       _seed(job.seed, 8, n)))
+        state = trainer.run(stop=plateau)
+    return model, guide, plateau.record(state.step, cap)
 
 
 # ---------------------------------------------------------------------------
@@ -497,8 +418,6 @@ def codebook_recovery(levels, values):
 
 @torch.no_grad()
 def _evaluate(config, job, model, guide, pretrained, teacher, relevant, x_test, f0):
-    from sqs_pyro.guides import greedy_map, hard_assignment
-
     sigma = config.noise_std
     names = list(model.sites)
     excess, hell = {}, {}
@@ -506,7 +425,8 @@ def _evaluate(config, job, model, guide, pretrained, teacher, relevant, x_test, 
     mean_weights = {name: guide.posterior(name).mean for name in names}
     excess["posterior_mean"], hell["posterior_mean"] = _risks(
         model.run_net(mean_weights, x_test).squeeze(-1), f0, sigma)
-    excess["greedy"], hell["greedy"] = _risks(greedy_map(model, guide)(x_test).squeeze(-1), f0, sigma)
+    compressed, greedy = compressed_weights(model, guide)  # the export: codebooks, codes, masks, and its network
+    excess["greedy"], hell["greedy"] = _risks(greedy(x_test).squeeze(-1), f0, sigma)
     draws = [_risks(model.run_net({nm: guide.posterior(nm).sample() for nm in names}, x_test).squeeze(-1), f0, sigma)
              for _ in range(config.posterior_draws)]
     excess["posterior"] = float(np.mean([d[0] for d in draws]))
@@ -518,11 +438,10 @@ def _evaluate(config, job, model, guide, pretrained, teacher, relevant, x_test, 
     rel = set(relevant.tolist())
     irr = [j for j in range(config.num_inputs) if j not in rel]
 
-    hard = hard_assignment(model, guide)
     teacher_layers = [m.weight for m in teacher if isinstance(m, nn.Linear)]
     codebooks, recovery, nonzero = [], [], []
     for name, tw in zip(names, teacher_layers):
-        ct = hard[name]
+        ct = compressed[name]
         used = sorted(set(ct.codebook[ct.codes.unique()].tolist())) if ct.codes.numel() else []
         codebooks.append(used)
         recovery.append(codebook_recovery(sorted(set(tw[tw != 0].tolist())), used))
@@ -622,9 +541,6 @@ def run_consistency(config=None, *, progress=None):
             if progress:
                 progress(rows[i])
     else:
-        import multiprocessing
-        from concurrent.futures import as_completed
-
         # fork (where there is one) needs no importable __main__ and starts at once; the
         # workers run one torch thread each, so no OpenMP pool is inherited in use.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

@@ -21,12 +21,23 @@ Example::
     sqs-pyro consistency --seeds 0 1 --sizes 500 2000 8000 --plug-in mean --workers 1
 """
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+
+import numpy
+import pyro
+import torch
+
+from sqs_pyro.io import atomic_write
+
+from .consistency import run_consistency
+from .consistency_config import ConsistencyConfig
+from .consistency_result import HAND_WRITTEN
 
 __all__ = ["add_parser", "consistency_command"]
 
@@ -64,8 +75,6 @@ def add_parser(subparsers):
 
 
 def _config(args):
-    from .consistency import ConsistencyConfig
-
     overrides = {k: getattr(args, k) for k in
                  ("max_steps", "num_components", "inclusion_prob", "noise_std", "plug_in", "anchors", "workers")
                  if getattr(args, k, None) is not None}
@@ -93,10 +102,6 @@ def _git(*cmd):
 
 def provenance(argv=None):
     """The command, the code's commit (and whether tracked files differ from it), versions and machine."""
-    import numpy
-    import pyro
-    import torch
-
     try:
         from benchmarks._machine import cpu_name  # in a checkout, run from its root
     except ImportError:
@@ -120,10 +125,6 @@ def provenance(argv=None):
 
 def write_outputs(result, out, figure=None, keep_hand_written=False):
     """Write ``consistency.json`` / ``.md`` into ``out`` (atomically) and the figure (PNG + SVG)."""
-    from sqs_pyro.io import atomic_write
-
-    from .consistency_result import HAND_WRITTEN
-
     md_path = os.path.join(out, "consistency.md")
     markdown = result.to_markdown()
     if keep_hand_written and os.path.exists(md_path):
@@ -144,8 +145,6 @@ def write_outputs(result, out, figure=None, keep_hand_written=False):
 
 def consistency_command(args):
     """Run the simulation, write the files, print the table; returns an exit code."""
-    from .consistency import run_consistency
-
     try:
         config = _config(args)
     except (TypeError, ValueError) as e:
@@ -175,8 +174,6 @@ def consistency_command(args):
 
 def main(argv=None):
     """Standalone entry point (``python -m sqs_pyro.analysis.consistency_cli``)."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="sqs-pyro")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["consistency", *(sys.argv[1:] if argv is None else argv)])

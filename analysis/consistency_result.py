@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .consistency_config import ConsistencyConfig
+
 __all__ = ["PREDICTORS", "ConsistencyResult", "mean_band", "seed_slopes", "t_quantile"]
 
 #: The predictors whose errors are fitted against ``n`` on a log-log scale.
@@ -208,8 +210,6 @@ class ConsistencyResult:
     @classmethod
     def from_dict(cls, d):
         """The result that :meth:`to_dict` wrote (summaries are recomputed from the runs)."""
-        from .consistency import ConsistencyConfig
-
         def tuples(row):  # JSON turns the ELBO history's pairs into lists
             row = dict(row)
             row["fit"] = {**row["fit"], "elbo_history": [tuple(h) for h in row["fit"]["elbo_history"]]}
@@ -360,6 +360,7 @@ class ConsistencyResult:
                 scale = np.exp(np.mean(np.log(g) - np.log(ref)))
                 ax.plot(ns, scale * ref, color="black", lw=1, ls="-.", label="∝ (log n)/n")
             ax.set_xscale("log")
+            ax.set_xlim(ns.min() / 1.3, ns.max() * 1.3)  # also when every value is NaN (no run converged)
             if any(np.isfinite(y).any() and (y > 0).any() for y in (line.get_ydata() for line in ax.lines)):
                 ax.set_yscale("log")  # (not when every run failed to converge)
             ax.set_xlabel("n (training examples)")
@@ -374,6 +375,7 @@ class ConsistencyResult:
             if np.isfinite(lo).any():
                 ax.fill_between(ns, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=color, alpha=0.15, lw=0)
         ax.set_xscale("log")
+        ax.set_xlim(ns.min() / 1.3, ns.max() * 1.3)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("n (training examples)")
         ax.set_title("P(input used) under q")

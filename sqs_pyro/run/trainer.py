@@ -417,8 +417,17 @@ class SQSTrainer:
         self.state.step = t + 1
         return loss.detach()
 
-    def run(self, resume=False):
-        """Train to the end (or resume and finish). Returns the :class:`TrainState`."""
+    def run(self, resume=False, stop=None):
+        """
+        Train to the end (or resume and finish). Returns the :class:`TrainState`.
+
+        :param callable stop: early stopping: ``stop(trainer) -> bool``, asked after
+            every step; ``True`` ends the run at that step (logged and checkpointed
+            as the last step is). It may also lower the learning rates (each
+            group's ``"base_lr"`` in :attr:`optimizer`), as a plateau rule does
+            (:mod:`sqs_pyro.analysis.consistency`). Under DDP every process must
+            answer the same. A resumed run asks afresh and may go past the stop.
+        """
         os.makedirs(self.out_dir, exist_ok=True)
         if resume:
             self.load()
@@ -430,7 +439,9 @@ class SQSTrainer:
             while self.state.step < self.total_steps:
                 loss = self.step()
                 t = self.state.step
-                if t % self.cfg.log_every == 0 or t == self.total_steps:
+                stopped = stop is not None and bool(stop(self))  # asked at the last step too
+                last = stopped or t == self.total_steps
+                if t % self.cfg.log_every == 0 or last:
                     row = self._log_row(loss)
                     self.state.history.append(row)
                     if log:
@@ -438,9 +449,11 @@ class SQSTrainer:
                         log.flush()
                     bar.set_postfix(loss=f"{row['loss_per_example']:.3f}", data=f"{row['data']:.0f}",
                                     kl=f"{row['kl_total']:.0f}", sparsity=f"{row['sparsity']:.2f}")
-                if t % self.cfg.checkpoint_every == 0 or t == self.total_steps:
+                if t % self.cfg.checkpoint_every == 0 or last:
                     self.save()
                 bar.update(1)
+                if last:
+                    break
         finally:
             bar.close()
             if log:

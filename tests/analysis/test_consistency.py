@@ -1,6 +1,8 @@
 """The consistency simulation (docs/method.md §9): runs, convergence, summaries, determinism, the committed results."""
 
 import argparse
+import doctest
+import importlib
 import json
 import math
 import pathlib
@@ -94,7 +96,7 @@ def test_gates_of_irrelevant_inputs_are_lower_than_of_relevant_ones(result):
             assert row["inclusion_irrelevant"] < row["inclusion_relevant"]
 
 
-def test_a_run_that_hits_its_step_cap_is_flagged_and_left_out():
+def test_a_run_that_hits_its_step_cap_is_flagged_and_left_out(tmp_path):
     res = run_consistency(ConsistencyConfig.smoke(**{**MINI, "seeds": (0,), "sizes": (200, 400), "max_steps": 30,
                                                      "elbo_tol": -1e9}))
     assert all(not r["fit"]["converged"] and r["fit"]["steps"] == 30 for r in res.runs)
@@ -104,6 +106,8 @@ def test_a_run_that_hits_its_step_cap_is_flagged_and_left_out():
     assert math.isnan(res.slopes["excess_risk.greedy"]["mean"])
     md = res.to_markdown()
     assert "seed 0 n = 200 (default)" in md and "**no**" in md and "| 0/1 |" in md
+    res.plot(tmp_path / "consistency.png")  # every value NaN: still a figure
+    assert (tmp_path / "consistency.png").stat().st_size > 1000
 
 
 def test_the_same_configuration_gives_the_same_numbers_twice():
@@ -135,6 +139,12 @@ def test_codebook_recovery_is_up_to_a_positive_scale():
     extra = codebook_recovery(levels, [-2.0, -1.0, 1.0, 2.0, 0.1])
     assert extra["error"] < 2e-3 and extra["spurious"] == pytest.approx(0.45, abs=2e-3)
     assert math.isnan(codebook_recovery(levels, [])["error"])
+
+
+@pytest.mark.parametrize("module", ["consistency", "consistency_config", "consistency_result"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(f"sqs_pyro.analysis.{module}"))
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_bands_and_slopes():
@@ -222,6 +232,7 @@ def test_committed_results_come_from_the_committed_code():
     known = subprocess.run(["git", "cat-file", "-e", pv["commit"] + "^{commit}"], cwd=ROOT, capture_output=True)
     if known.returncode != 0:
         pytest.skip(f"commit {pv['commit']} is not in this repository (a squashed merge?)")
-    code = ["analysis/consistency.py", "analysis/consistency_result.py", "analysis/consistency_cli.py"]
+    code = ["analysis/consistency.py", "analysis/consistency_config.py", "analysis/consistency_result.py",
+            "analysis/consistency_cli.py"]
     diff = subprocess.run(["git", "diff", "--quiet", pv["commit"], "--", *code], cwd=ROOT)
     assert diff.returncode == 0, f"the consistency code changed since {pv['commit']}: regenerate the results"

@@ -59,6 +59,30 @@ def test_cubic_schedule_reaches_target_and_logs(tmp_path):
     assert rows[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
+def test_stop_ends_the_run_at_its_step_logged_and_checkpointed(tmp_path):
+    asked = []
+
+    def stop(trainer):
+        asked.append(trainer.state.step)
+        if trainer.state.step == 5:
+            for group in trainer.optimizer.param_groups:  # what a plateau rule does
+                group["base_lr"] *= 0.5
+        return trainer.state.step == 7
+
+    trainer = make_trainer(tmp_path)
+    base = [g["base_lr"] for g in trainer.optimizer.param_groups]
+    state = trainer.run(stop=stop)
+    assert state.step == 7 and asked == list(range(1, 8)) and trainer.total_steps == 16
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.5 * b * trainer.lr_factor(6)
+                                                                               for b in base])
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4, 6, 7]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 7
+    # asked at the last step too
+    last = make_trainer(tmp_path / "last")
+    assert last.run(stop=lambda t: t.state.step == t.total_steps).step == 16
+
+
 def test_resume_reaches_the_same_result(tmp_path):
     full = make_trainer(tmp_path / "full")
     full.run()
