@@ -30,15 +30,14 @@ those of the pretrained weights and can change only where the codebook moves
 across them.
 
 **The fit is the compress verb's.** The student is fitted by
-:class:`~sqs_pyro.run.trainer.SQSTrainer`, the loop that
-:func:`~sqs_pyro.run.fit.fit_sqs` runs, on an :class:`~sqs_pyro.models.SQSModel`
-and :class:`~sqs_pyro.guides.SQSGuide` built as it builds them, with a
+:func:`~sqs_pyro.run.fit.fit_model` (the fit under
+:func:`~sqs_pyro.run.fit.fit_sqs`) on an :class:`~sqs_pyro.models.SQSModel`
+and :class:`~sqs_pyro.guides.SQSGuide` built as fit_sqs builds them (here, so
+that the stopping rule can read the ELBO before the first step), with a
 :class:`~sqs_pyro.run.config.CompressConfig` of the paper's recipe with learned
 gates, the study's anchors, no pruning schedule, ``kl_weight = 1``, constant
 learning rates ``lr`` / ``gate_lr`` / ``anchor_lr`` and the step cap as its
-length; the stopping rule below is the ``stop`` of
-:meth:`~sqs_pyro.run.trainer.SQSTrainer.run` (``fit_sqs`` does not take one
-yet, hence the trainer), and the trainer's log and its one checkpoint
+length; the stopping rule below is the verb's ``stop``, and the trainer's log and its one checkpoint
 (``checkpoint_every`` = the cap) go to a temporary directory. What this changes
 against the SVI loop of its own that the study had before (issue 15):
 minibatches (``n > batch_size``) are the trainer's, ``n //
@@ -122,7 +121,8 @@ from sqs_pyro.elbo import SQSELBO
 from sqs_pyro.guides import SQSGuide, compressed_weights
 from sqs_pyro.models import Gaussian, SQSModel
 from sqs_pyro.run.config import CompressConfig
-from sqs_pyro.run.trainer import SQSTrainer, TensorData
+from sqs_pyro.run.fit import fit_model
+from sqs_pyro.run.trainer import TensorData
 
 from .consistency_config import ABLATIONS, ConsistencyConfig
 from .consistency_result import ConsistencyResult
@@ -296,8 +296,8 @@ def _monitor(elbo, model, guide, x, y, particles, seed):
 
 class _Plateau:
     """
-    The stopping rule of a fit, as the ``stop`` of :meth:`SQSTrainer.run
-    <sqs_pyro.run.trainer.SQSTrainer.run>`: every ``check_every`` steps
+    The stopping rule of a fit, the ``stop`` of :func:`~sqs_pyro.run.fit.fit_model`
+    (asked by :meth:`~sqs_pyro.run.trainer.SQSTrainer.run` after each step): every ``check_every`` steps
     ``elbo_at()`` is recorded; on a plateau (module docstring) the learning rates
     fall by ``lr_decay`` (each group's ``base_lr``), and the plateau after
     ``max_decays`` decays ends the run, converged.
@@ -351,8 +351,7 @@ def _compress_config(config, settings, steps, steps_per_epoch):
 def _fit(config, job, pretrained, x, y):
     """
     SVI with the SQS ELBO on a copy of the pretrained student, by
-    :class:`~sqs_pyro.run.trainer.SQSTrainer` (what :func:`~sqs_pyro.run.fit.fit_sqs`
-    runs), until the ELBO stops improving (:class:`_Plateau`) or the step cap.
+    :func:`~sqs_pyro.run.fit.fit_model`, until the ELBO stops improving (:class:`_Plateau`) or the step cap.
     Returns ``(model, guide, fit)`` with ``fit`` the convergence record.
     """
     n, s = job.n, job.settings(config)
@@ -361,18 +360,17 @@ def _fit(config, job, pretrained, x, y):
     data = TensorData(x, y)
     batch_size, cap = min(config.batch_size, n), config.steps_cap(n)
     compress = _compress_config(config, s, cap, len(data) // batch_size)
-    # fit_sqs(copy.deepcopy(pretrained), spec, Gaussian(sigma), data, compress, ..., stop=plateau) once it takes a
-    # stop: it builds the same model, guide and trainer
+    # the model and guide are built here (as fit_sqs builds them) because the plateau rule reads the ELBO
+    # before the first step
     model = SQSModel(copy.deepcopy(pretrained), spec, Gaussian(config.noise_std), num_data=n)
     guide = SQSGuide(model)
     monitor = SQSELBO(plug_in=s["plug_in"], kl_weight=1.0)
+    plateau = _Plateau(config, n, lambda: _monitor(monitor, model, guide, x, y, config.monitor_particles,
+                                                   _seed(job.seed, 8, n)))
     with tempfile.TemporaryDirectory(prefix="sqs-consistency-") as out_dir:
-        trainer = SQSTrainer(model, guide, data, compress, out_dir=out_dir, batch_size=batch_size,
-                             seed=_seed(job.seed, 5, n) % (1 << 31), progress=False)
-        plateau = _Plateau(config, n, lambda: _monitor(monitor, model, guide, x, y, config.monitor_particles,
-                                                       _seed(job.seed, 8, n)))
-        state = trainer.run(stop=plateau)
-    return model, guide, plateau.record(state.step, cap)
+        fit = fit_model(model, data, compress, guide=guide, out_dir=out_dir, batch_size=batch_size,
+                        seed=_seed(job.seed, 5, n) % (1 << 31), progress=False, stop=plateau)
+    return model, guide, plateau.record(fit.state.step, cap)
 
 
 # ---------------------------------------------------------------------------

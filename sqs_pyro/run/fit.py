@@ -48,7 +48,7 @@ class Fit:
 
 
 def fit_sqs(net, spec, likelihood, data, config, *, out_dir, batch_size, seed=0, num_data=None, forward=None,
-            device=None, to_device=None, progress=True, resume=False, identity=None):
+            device=None, to_device=None, progress=True, resume=False, identity=None, stop=None):
     """
     Fit the SQS posterior of ``net`` (it becomes the model's network: pass a copy
     to keep the original).
@@ -62,15 +62,17 @@ def fit_sqs(net, spec, likelihood, data, config, *, out_dir, batch_size, seed=0,
     :param forward: ``forward(net, x)`` for networks not called as ``net(x)``.
     :param device: where the guide lives (default: where it is built).
     :param identity: the run identity, written with every checkpoint.
+    :param stop: early stopping, ``stop(trainer) -> bool`` after every step
+        (:meth:`~sqs_pyro.run.trainer.SQSTrainer.run`).
     :returns: a :class:`Fit`.
     """
     model = SQSModel(net, spec, likelihood, num_data=len(data) if num_data is None else num_data, forward=forward)
     return fit_model(model, data, config, out_dir=out_dir, batch_size=batch_size, seed=seed, device=device,
-                     to_device=to_device, progress=progress, resume=resume, identity=identity)
+                     to_device=to_device, progress=progress, resume=resume, identity=identity, stop=stop)
 
 
 def fit_model(model, data, config, *, out_dir, batch_size, seed=0, guide=None, sensitivity=None, device=None,
-              to_device=None, progress=True, resume=False, identity=None, data_parallel=None):
+              to_device=None, progress=True, resume=False, identity=None, data_parallel=None, stop=None):
     """
     Fit the SQS guide of an already built Pyro model: :func:`fit_sqs` after its
     :class:`~sqs_pyro.models.SQSModel`, and the block-wise fits
@@ -84,6 +86,7 @@ def fit_model(model, data, config, *, out_dir, batch_size, seed=0, guide=None, s
         (:class:`~sqs_pyro.guides.SQSGuide`'s ``sensitivity``).
     :param data_parallel: passed to :class:`~sqs_pyro.run.trainer.SQSTrainer`
         (``False``: fit in this process alone even under ``torchrun``).
+    :param stop: early stopping, as in :func:`fit_sqs` (the consistency simulation's plateau rule).
     :returns: a :class:`Fit`.
     """
     start = time.perf_counter()
@@ -99,5 +102,5 @@ def fit_model(model, data, config, *, out_dir, batch_size, seed=0, guide=None, s
     if identity is not None:
         trainer.identity = model.run_identity = identity
     start = time.perf_counter()
-    state = trainer.run(resume=resume)
+    state = trainer.run(resume=resume, stop=stop)
     return Fit(model, guide, trainer, state, init_seconds, time.perf_counter() - start)
