@@ -97,6 +97,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .posterior_draws import atomless_sites
+from .to_arviz import SAMPLE_DIMS, flat_draws, to_datatree
+
 __all__ = [
     "KHAT_GOOD",
     "KHAT_OK",
@@ -272,7 +275,6 @@ def psis_from_datatree(tree, num_data=None, fit_plug_in=None):
     ``log_likelihood`` groups. The batch log-likelihood is scaled by
     ``num_data / batch size`` when ``num_data`` is given.
     """
-    from .to_arviz import SAMPLE_DIMS, flat_draws
 
     stats = tree["sample_stats"]
     if "log_likelihood" not in tree.children:
@@ -290,7 +292,6 @@ def psis_from_datatree(tree, num_data=None, fit_plug_in=None):
 
 
 def _check_spikes(model):
-    from .posterior_draws import atomless_sites
 
     bad = atomless_sites(model)
     if bad:
@@ -311,7 +312,6 @@ def psis_diagnostic(model, guide, x, y, *, num_draws=200, num_data=None, seed=0,
     :param int num_draws: draws from ``q`` (200 is a sensible minimum for k-hat).
     :rtype: PSISDiagnostic
     """
-    from .to_arviz import to_datatree
 
     _check_spikes(model)
     n = model.num_data if num_data is None else int(num_data)
@@ -410,12 +410,10 @@ def prior_sensitivity(model=None, guide=None, *, tree=None, data=None, alphas=DE
     import arviz_stats
     from arviz_base import from_dict
 
-    from .to_arviz import SAMPLE_DIMS, flat_draws
 
     if tree is None:
         if model is None or guide is None:
             raise ValueError("give a model and guide, or a tree")
-        from .to_arviz import to_datatree
 
         tree = to_datatree(model, guide, num_draws=num_draws, weights_per_layer=64, data=data, seed=seed, tau=tau,
                            predictive=False)

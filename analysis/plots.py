@@ -48,6 +48,10 @@ import pathlib
 import numpy as np
 import torch
 
+from sqs_pyro.export import SizeReport, size_report
+from sqs_pyro.guides import Grouping, greedy_weights, hard_assignment
+from sqs_pyro.guides.windows import equal_windows, outlier_windows, window_reconstruction_error
+
 __all__ = [
     "DATA_TERM_LABELS",
     "load_log",
@@ -146,7 +150,6 @@ def plot_weight_histogram(model, guide, layers=None, *, log_y=True, bins=120, ma
     :param layers: a layer name or list (default: the first ``max_layers``).
     :param bool log_y: logarithmic density axis (the spike dwarfs the rest).
     """
-    from sqs_pyro.guides import greedy_weights
 
     names = _layers(model, layers, max_layers)
     greedy = greedy_weights(model, guide)
@@ -244,7 +247,6 @@ def plot_codebook_usage(model, guide, layers=None, *, max_layers=12, path=None):
     codebook value, per layer; colours mark windows. Unused components are
     wasted codebook entries; a dominant one means ``K`` could shrink.
     """
-    from sqs_pyro.guides import hard_assignment
 
     names = _layers(model, layers, max_layers)
     hard = hard_assignment(model, guide)
@@ -271,7 +273,6 @@ def plot_codebook_usage(model, guide, layers=None, *, max_layers=12, path=None):
 
 
 def _as_size_report(report):
-    from sqs_pyro.export import SizeReport, size_report
 
     if isinstance(report, SizeReport):
         return report
@@ -492,8 +493,6 @@ def plot_window_errors(weights, num_components=(4, 8, 16, 32, 64), *, blocks=4, 
     :param int max_weights: larger tensors are subsampled (uniformly, seeded)
         to keep k-means fast; the tails stay represented in proportion.
     """
-    from sqs_pyro.guides import Grouping
-    from sqs_pyro.guides.windows import equal_windows, outlier_windows, window_reconstruction_error
 
     if torch.is_tensor(weights):
         weights = {"weights": weights}

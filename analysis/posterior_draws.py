@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 
+from sqs_pyro.distributions import SparseGMM
+
 __all__ = [
     "Draw", "LayerState", "atomless_sites", "draw_layer", "eval_mode", "iter_draws", "layer_states",
     "log_densities", "pointwise_log_likelihood", "pointwise_predictive",
@@ -157,7 +159,6 @@ def log_densities(model, guide, weights, tau=None, states=None):
         site's shape. Sites whose prior has no spike are left out of both
         (see the module docstring); :func:`atomless_sites` lists them.
     """
-    from sqs_pyro.distributions import SparseGMM
 
     states = layer_states(model, guide, tau) if states is None else states
     log_q, log_p = {}, {}

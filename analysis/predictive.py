@@ -47,7 +47,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro
 import torch
+
+from sqs_pyro.elbo import warn_if_mean_plug_in
+from sqs_pyro.models import Categorical, Gaussian
+from sqs_pyro.models.sqs_model import _logits
+
+from .posterior_draws import eval_mode
 
 __all__ = ["PosteriorPredictive", "posterior_predictive"]
 
@@ -113,7 +120,6 @@ class PosteriorPredictive:
 
 
 def _kind(model):
-    from sqs_pyro.models import Categorical, Gaussian
 
     if isinstance(model.likelihood, Gaussian):
         return "regression"
@@ -144,13 +150,6 @@ def posterior_predictive(model, guide, x, y=None, *, num_samples=200, prob=0.9, 
     :param bool return_weights: keep the drawn compressed weights (``result.weights``).
     :rtype: PosteriorPredictive
     """
-    import pyro
-
-    from sqs_pyro.elbo import warn_if_mean_plug_in
-    from sqs_pyro.models.sqs_model import _logits
-
-    from .posterior_draws import eval_mode
-
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob must lie in (0, 1), got {prob}")
     kind = _kind(model)

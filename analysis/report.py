@@ -32,6 +32,11 @@ import math
 import os
 import traceback
 
+from . import plots
+from .diagnostics import prior_sensitivity, psis_from_datatree
+from .run_dir import DIAGNOSTICS_NAME, RunDir
+from .to_arviz import layer_summary, to_datatree
+
 __all__ = ["compute_diagnostics", "write_report"]
 
 _CSS = """
@@ -170,7 +175,6 @@ def _sizes_html(rep, title):
 
 
 def _posterior_html(model, guide):
-    from .to_arviz import layer_summary
 
     data, coords, _ = layer_summary(model, guide)
     rows = []
@@ -248,9 +252,6 @@ def compute_diagnostics(run, model, guide, data, *, num_draws=200, max_examples=
     """
     import torch
 
-    from .diagnostics import prior_sensitivity, psis_from_datatree
-    from .run_dir import DIAGNOSTICS_NAME
-    from .to_arviz import to_datatree
 
     train = data[0]
     x, y = train.tensors
@@ -289,8 +290,6 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     :param str image_format: ``"png"`` (base64 ``<img>``) or ``"svg"`` (inline).
     :param int max_layers: layers shown in the per-layer weight figures.
     """
-    from . import plots
-    from .run_dir import RunDir
 
     if image_format not in ("png", "svg"):
         raise ValueError(f"image_format must be 'png' or 'svg', got {image_format!r}")

@@ -19,6 +19,16 @@ import json
 import os
 import pathlib
 
+from sqs_pyro.errors import RunMismatchError
+from sqs_pyro.export import read_manifest, size_report
+from sqs_pyro.run import pipeline
+from sqs_pyro.run.checkpoint import checkpoint_info
+from sqs_pyro.run.config import RunConfig, default_prior_for
+from sqs_pyro.run.files import BASE_NAME
+from sqs_pyro.run.identity import check_identity, run_identity
+
+from .plots import load_log
+
 __all__ = ["DIAGNOSTICS_NAME", "RunDir"]
 
 #: Where :func:`sqs_pyro.analysis.report.write_report` keeps computed diagnostics.
@@ -60,7 +70,6 @@ class RunDir:
 
     def config(self):
         """The run's :class:`~sqs_pyro.run.config.RunConfig` (``out_dir`` set to this directory)."""
-        from sqs_pyro.run.config import RunConfig
 
         if self.config_path is None:
             return None
@@ -69,7 +78,6 @@ class RunDir:
 
     def log(self):
         """Rows of ``log.jsonl`` (a torn last line is skipped)."""
-        from .plots import load_log
 
         return None if self.log_path is None else load_log(self.log_path)
 
@@ -85,8 +93,6 @@ class RunDir:
         """The run identity this directory's files must carry: the checkpoint's (checked against
         ``config.toml``), else that of ``results.json``, else the config's alone; ``None`` if none is known.
         A checkpoint written with another config is a :class:`~sqs_pyro.errors.RunMismatchError`."""
-        from sqs_pyro.run.checkpoint import checkpoint_info
-        from sqs_pyro.run.identity import check_identity, run_identity
 
         cfg = self.config()
         own = run_identity(cfg) if cfg is not None else None
@@ -100,8 +106,6 @@ class RunDir:
     def size_report(self, entropy_coded=False):
         """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file, after checking
         that the file was written by this run (its ``run_identity`` metadata)."""
-        from sqs_pyro.export import read_manifest, size_report
-        from sqs_pyro.run.identity import check_identity
 
         path = self.export_ec_path if entropy_coded else self.export_path
         if path is None:
@@ -109,7 +113,6 @@ class RunDir:
         own = self.identity()
         found = read_manifest(os.fspath(path))["metadata"].get("run_identity")
         if own is not None and found is None:
-            from sqs_pyro.errors import RunMismatchError
 
             raise RunMismatchError(f"{path} carries no run identity: it was not exported by this run; export again")
         check_identity(found, own, os.fspath(path), hint="export this run again (sqs-pyro export --out RUN_DIR)")
@@ -157,9 +160,6 @@ class RunDir:
         import pyro
         import torch
 
-        from sqs_pyro.run import pipeline
-        from sqs_pyro.run.config import default_prior_for
-        from sqs_pyro.run.files import BASE_NAME
 
         cfg = self.config()
         if cfg is None:

@@ -73,6 +73,10 @@ import math
 
 import numpy as np
 
+from sqs_pyro.elbo import warn_if_mean_plug_in
+
+from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_predictive
+
 __all__ = ["DEFAULT_QUANTILES", "SAMPLE_DIMS", "build_datatree", "flat_draws", "layer_summary", "to_datatree"]
 
 #: The sample dimensions of every group with draws: one chain of independent draws from ``q``.
@@ -255,7 +259,6 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
     import torch
 
     if data is not None and predictive:
-        from sqs_pyro.elbo import warn_if_mean_plug_in
 
         warn_if_mean_plug_in(guide)
     with torch.no_grad(), torch.random.fork_rng():
@@ -277,7 +280,6 @@ def _rows(x, start, size):
 def _draw_groups(model, guide, num_draws, weights_per_layer, data, seed, tau, batch_size, predictive=False):
     import torch
 
-    from .posterior_draws import iter_draws, layer_states, log_densities, pointwise_predictive
 
     names = list(model.sites)
     if not names:

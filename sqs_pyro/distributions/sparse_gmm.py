@@ -14,6 +14,8 @@ from pyro.distributions import (
 )
 from pyro.distributions.util import broadcast_shape
 
+from ..soft_quantize import posterior_mean
+
 
 class SparseGMM(TorchDistribution):
     r"""
@@ -206,7 +208,6 @@ class SparseGMM(TorchDistribution):
 
     @property
     def mean(self):
-        from sqs_pyro.soft_quantize import posterior_mean
 
         return posterior_mean(self.gate_probs, self.component_probs, self.locs)
 

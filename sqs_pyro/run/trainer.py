@@ -31,9 +31,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..elbo import SQSELBO
+from ..guides.input_norms import input_norms, wanda_scores
 from ..io import atomic_write
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .identity import check_identity
 from .schedules import cubic_sparsity, global_topk_masks
 
 
@@ -209,7 +211,6 @@ class SQSTrainer:
         batches of epoch 0 (this process's share of each), evaluated with the
         pretrained weights (the anchors); summed over processes under DDP.
         """
-        from sqs_pyro.guides.input_norms import input_norms
 
         anchors = {name: site.anchor.detach() for name, site in self.model.sites.items()}
         steps = min(self.calibration_batches, self.steps_per_epoch)
@@ -277,7 +278,6 @@ class SQSTrainer:
             elif self.cfg.score == "anchor":
                 s = site.anchor.detach().abs()
             elif self.cfg.score == "wanda":  # |W_ij| ||X_j||_2 (Sun et al. 2023)
-                from sqs_pyro.guides.input_norms import wanda_scores
 
                 s = wanda_scores(site.anchor, self.input_norms[name].to(site.anchor.device))
             else:
@@ -358,7 +358,6 @@ class SQSTrainer:
     def load(self):
         ckpt = load_checkpoint(self.checkpoint_path)
         if self.identity is not None:
-            from .identity import check_identity
 
             check_identity(ckpt.get("identity"), self.identity, f"checkpoint {self.checkpoint_path}",
                            hint="resume with the config it was written with, or start without --resume")
