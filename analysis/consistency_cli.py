@@ -34,6 +34,7 @@ import pyro
 import torch
 
 from sqs_pyro.io import atomic_write
+from sqs_pyro.run.machine import cpu_name
 
 from .consistency import run_consistency
 from .consistency_config import ConsistencyConfig
@@ -102,10 +103,6 @@ def _git(*cmd):
 
 def provenance(argv=None):
     """The command, the code's commit (and whether tracked files differ from it), versions and machine."""
-    try:
-        from benchmarks._machine import cpu_name  # in a checkout, run from its root
-    except ImportError:
-        cpu_name = platform.processor
     status = _git("status", "--porcelain", "--untracked-files=no")
     try:
         load = os.getloadavg()
@@ -118,7 +115,7 @@ def provenance(argv=None):
         "dirty": None if status is None else bool(status),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
                      "numpy": numpy.__version__},
-        "machine": f"{cpu_name() or 'unknown CPU'}, {os.cpu_count()} logical CPUs, no GPU used"
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, no GPU used"
                    + (f", load average at start {load[0]:.2f}" if load else ""),
     }
 

@@ -1,19 +1,9 @@
 """The machine a benchmark ran on, for the results files (``cpu_name()``, ``machine_info(...)``)."""
 
 import os
-import pathlib
 import platform
 
-
-def cpu_name():
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from sqs_pyro.run.machine import cpu_name
 
 
 def machine_info(device, threads):
