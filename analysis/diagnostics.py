@@ -275,7 +275,6 @@ def psis_from_datatree(tree, num_data=None, fit_plug_in=None):
     ``log_likelihood`` groups. The batch log-likelihood is scaled by
     ``num_data / batch size`` when ``num_data`` is given.
     """
-
     stats = tree["sample_stats"]
     if "log_likelihood" not in tree.children:
         raise ValueError("the tree has no log_likelihood group: build it with to_datatree(..., data=(x, y))")
@@ -292,7 +291,6 @@ def psis_from_datatree(tree, num_data=None, fit_plug_in=None):
 
 
 def _check_spikes(model):
-
     bad = atomless_sites(model)
     if bad:
         raise ValueError(
@@ -312,7 +310,6 @@ def psis_diagnostic(model, guide, x, y, *, num_draws=200, num_data=None, seed=0,
     :param int num_draws: draws from ``q`` (200 is a sensible minimum for k-hat).
     :rtype: PSISDiagnostic
     """
-
     _check_spikes(model)
     n = model.num_data if num_data is None else int(num_data)
     tree = to_datatree(model, guide, num_draws=num_draws, weights_per_layer=1, data=(x, y), seed=seed,

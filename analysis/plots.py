@@ -150,7 +150,6 @@ def plot_weight_histogram(model, guide, layers=None, *, log_y=True, bins=120, ma
     :param layers: a layer name or list (default: the first ``max_layers``).
     :param bool log_y: logarithmic density axis (the spike dwarfs the rest).
     """
-
     names = _layers(model, layers, max_layers)
     greedy = greedy_weights(model, guide)
     fig, axes = _figure(len(names), 2, width=10, height=2.8 * len(names))
@@ -247,7 +246,6 @@ def plot_codebook_usage(model, guide, layers=None, *, max_layers=12, path=None):
     codebook value, per layer; colours mark windows. Unused components are
     wasted codebook entries; a dominant one means ``K`` could shrink.
     """
-
     names = _layers(model, layers, max_layers)
     hard = hard_assignment(model, guide)
     nrows, ncols = _grid(len(names))
@@ -273,7 +271,6 @@ def plot_codebook_usage(model, guide, layers=None, *, max_layers=12, path=None):
 
 
 def _as_size_report(report):
-
     if isinstance(report, SizeReport):
         return report
     return size_report(os.fspath(report) if isinstance(report, (str, os.PathLike)) else report)
@@ -493,7 +490,6 @@ def plot_window_errors(weights, num_components=(4, 8, 16, 32, 64), *, blocks=4, 
     :param int max_weights: larger tensors are subsampled (uniformly, seeded)
         to keep k-means fast; the tails stay represented in proportion.
     """
-
     if torch.is_tensor(weights):
         weights = {"weights": weights}
     names = list(weights)

@@ -159,7 +159,6 @@ def log_densities(model, guide, weights, tau=None, states=None):
         site's shape. Sites whose prior has no spike are left out of both
         (see the module docstring); :func:`atomless_sites` lists them.
     """
-
     states = layer_states(model, guide, tau) if states is None else states
     log_q, log_p = {}, {}
     for name, site in model.sites.items():

@@ -120,7 +120,6 @@ class PosteriorPredictive:
 
 
 def _kind(model):
-
     if isinstance(model.likelihood, Gaussian):
         return "regression"
     if isinstance(model.likelihood, Categorical):

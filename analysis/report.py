@@ -175,7 +175,6 @@ def _sizes_html(rep, title):
 
 
 def _posterior_html(model, guide):
-
     data, coords, _ = layer_summary(model, guide)
     rows = []
     for i, name in enumerate(coords["layer"]):
@@ -290,7 +289,6 @@ def write_report(run_dir, out=None, *, diagnostics=False, num_draws=200, max_exa
     :param str image_format: ``"png"`` (base64 ``<img>``) or ``"svg"`` (inline).
     :param int max_layers: layers shown in the per-layer weight figures.
     """
-
     if image_format not in ("png", "svg"):
         raise ValueError(f"image_format must be 'png' or 'svg', got {image_format!r}")
     run = RunDir(run_dir)

@@ -70,7 +70,6 @@ class RunDir:
 
     def config(self):
         """The run's :class:`~sqs_pyro.run.config.RunConfig` (``out_dir`` set to this directory)."""
-
         if self.config_path is None:
             return None
         cfg = RunConfig.from_file(self.config_path)
@@ -78,7 +77,6 @@ class RunDir:
 
     def log(self):
         """Rows of ``log.jsonl`` (a torn last line is skipped)."""
-
         return None if self.log_path is None else load_log(self.log_path)
 
     def results(self):
@@ -93,7 +91,6 @@ class RunDir:
         """The run identity this directory's files must carry: the checkpoint's (checked against
         ``config.toml``), else that of ``results.json``, else the config's alone; ``None`` if none is known.
         A checkpoint written with another config is a :class:`~sqs_pyro.errors.RunMismatchError`."""
-
         cfg = self.config()
         own = run_identity(cfg) if cfg is not None else None
         found = checkpoint_info(os.fspath(self.checkpoint_path), "identity") if self.checkpoint_path else None
@@ -106,14 +103,12 @@ class RunDir:
     def size_report(self, entropy_coded=False):
         """:func:`~sqs_pyro.export.size_report` of the compressed (or entropy-coded) file, after checking
         that the file was written by this run (its ``run_identity`` metadata)."""
-
         path = self.export_ec_path if entropy_coded else self.export_path
         if path is None:
             return None
         own = self.identity()
         found = read_manifest(os.fspath(path))["metadata"].get("run_identity")
         if own is not None and found is None:
-
             raise RunMismatchError(f"{path} carries no run identity: it was not exported by this run; export again")
         check_identity(found, own, os.fspath(path), hint="export this run again (sqs-pyro export --out RUN_DIR)")
         return size_report(os.fspath(path))

@@ -259,7 +259,6 @@ def to_datatree(model, guide, *, num_draws=100, weights_per_layer=8, data=None, 
     import torch
 
     if data is not None and predictive:
-
         warn_if_mean_plug_in(guide)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(int(seed))

@@ -208,7 +208,6 @@ class SparseGMM(TorchDistribution):
 
     @property
     def mean(self):
-
         return posterior_mean(self.gate_probs, self.component_probs, self.locs)
 
     @property

@@ -95,7 +95,6 @@ def input_sensitivity(model, data, batch_size, batches=8):
 
     :returns: ``{site name: tensor of the weight's shape}`` for ``SQSGuide(sensitivity=...)``.
     """
-
     anchors = {name: site.anchor.detach() for name, site in model.sites.items()}
     stop = min(len(data), batches * batch_size)
     gen = (data.get(torch.arange(i, min(i + batch_size, stop)))[0] for i in range(0, stop, batch_size))
@@ -118,7 +117,6 @@ def compress_block(net, index, prior_spec, data, cfg, *, out_dir, batch_size, se
     :returns: a dict of facts about the fit (steps, seconds, scale, relative error of the first and last
         logged steps (:func:`_relative_error`, on that step's minibatch), first and last log rows).
     """
-
     run_dir = _block_dir(out_dir, index)
     block_seed = seed * 1_000_003 + index
     start = time.perf_counter()
@@ -156,7 +154,6 @@ def _relative_error(row, scale, numel):
 
 def spec_blocks(net, prior_spec):
     """The decoder layers of ``net`` in which ``prior_spec`` compresses a weight (warns about weights outside them)."""
-
     prefix, _ = decoder_layers(net)
     blocks, outside = set(), []
     for name in PriorSpec.coerce(prior_spec).resolve(net):
@@ -220,7 +217,6 @@ def compress_blocks(net, calib, prior_spec, cfg, *, out_dir, batch_size, seed=0,
     :param callable log: ``log(dict)`` after every block (e.g. ``print``).
     :returns: on process 0, ``name -> CompressedTensor`` of every block's weights; ``None`` elsewhere.
     """
-
     rank, world = _world()
     blocks = spec_blocks(net, prior_spec) if blocks is None else sorted(int(b) for b in blocks)
     os.makedirs(out_dir, exist_ok=True)
@@ -301,7 +297,6 @@ def whole_model_pass(net, train, prior_spec, cfg, *, out_dir, block_dir, batch_s
 
     :returns: ``(compressed, greedy_net)`` as :func:`~sqs_pyro.guides.compressed_weights`.
     """
-
     net = copy.deepcopy(net).requires_grad_(False)
     state, anchors = {}, {}
     for index in range(len(decoder_layers(net)[1])):

@@ -211,7 +211,6 @@ class SQSTrainer:
         batches of epoch 0 (this process's share of each), evaluated with the
         pretrained weights (the anchors); summed over processes under DDP.
         """
-
         anchors = {name: site.anchor.detach() for name, site in self.model.sites.items()}
         steps = min(self.calibration_batches, self.steps_per_epoch)
         batches = (self.to_device(self.data.get(self.batch_indices(t)))[0] for t in range(steps))
@@ -358,7 +357,6 @@ class SQSTrainer:
     def load(self):
         ckpt = load_checkpoint(self.checkpoint_path)
         if self.identity is not None:
-
             check_identity(ckpt.get("identity"), self.identity, f"checkpoint {self.checkpoint_path}",
                            hint="resume with the config it was written with, or start without --resume")
         self.guide.load_state_dict(ckpt["guide"])
