@@ -13,8 +13,8 @@ from sqs_pyro.run.blockwise import apply_compressed  # noqa: F401  (re-exported 
 from sqs_pyro.run.results import write_results  # noqa: F401  (re-exported for the examples)
 from sqs_pyro.io import atomic_write
 from sqs_pyro.models.transformers_io import export_pretrained
-from sqs_pyro.run import table
 from sqs_pyro.run.table import field
+from sqs_pyro.run.table import markdown_table as _markdown_table
 
 #: The training choices the transformer examples were measured with (learned gates, frozen anchors, no
 #: codebook refit, constant lr): the CNN's default recipe (sqs_pyro.run.recipes) is not measured on them yet.
@@ -83,7 +83,7 @@ def markdown_table(rows, metric, metric_fmt="{:.4f}"):
         ("file bytes (EC)", field("ec_file_bytes", "{:,}")),
         ("whole-model CR vs fp32 (EC)", field("ec_model_cr_fp32", "{:.2f}×")),
     ]
-    return table.markdown_table(rows, columns)
+    return _markdown_table(rows, columns)
 
 
 class ConfigRows:

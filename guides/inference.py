@@ -81,17 +81,9 @@ def hard_assignment(model, guide, *, prune="posterior", codebook_dtype=torch.flo
             keep = keep & ~g.full_precision
             outlier_index = g.full_precision.reshape(-1).nonzero().squeeze(1).cpu()
             outlier_values = site.anchor.detach().reshape(-1)[outlier_index.to(site.anchor.device)].cpu()
-        codebook = p.locs.detach().reshape(-1).to(codebook_dtype).float()
-        out[name] = CompressedTensor(
-            shape=tuple(site.anchor.shape),
-            codebook=codebook.cpu(),
-            codes=codes[keep].cpu(),
-            mask=keep.cpu(),
-            outlier_index=outlier_index,
-            outlier_values=outlier_values,
-            num_components=num_components,
-            group_size=g.group_size,
-        )
+        out[name] = CompressedTensor.from_assignment(
+            p.locs, codes, keep, codebook_dtype=codebook_dtype, outlier_index=outlier_index,
+            outlier_values=outlier_values, num_components=num_components, group_size=g.group_size)
     return out
 
 

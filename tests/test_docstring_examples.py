@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["sqs_pyro.export.checked", "sqs_pyro.guides.strategies", "sqs_pyro.run.files",
+@pytest.mark.parametrize("module", ["sqs_pyro.export.checked", "sqs_pyro.export.compressed_tensor", "sqs_pyro.guides.strategies", "sqs_pyro.run.files",
                                     "sqs_pyro.run.fit", "sqs_pyro.run.results", "sqs_pyro.run.table", "sqs_pyro.run.machine",
                                     "sqs_pyro.data.smollm2"])
 def test_docstring_examples(module, tmp_path, monkeypatch):

@@ -256,14 +256,8 @@ class DGMSGuide(AutoMessenger):
                 keep = keeps[name]
             num_components = p.num_components
             codes = k - 1 if p.grouping.index is None else p.grouping.index * num_components + k - 1
-            codebook = p.locs.detach().reshape(-1).to(codebook_dtype).float()
-            out[name] = CompressedTensor(
-                shape=tuple(site.anchor.shape),
-                codebook=codebook.cpu(),
-                codes=codes[keep].cpu(),
-                mask=keep.cpu(),
-                num_components=num_components,
-            )
+            out[name] = CompressedTensor.from_assignment(p.locs, codes, keep, codebook_dtype=codebook_dtype,
+                                                         num_components=num_components)
         return out
 
     def greedy_weights(self, **kwargs):

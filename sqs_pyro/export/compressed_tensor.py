@@ -200,6 +200,23 @@ class CompressedTensor:
         return dataclasses.replace(self, codebook=rounded.to(torch.float32))
 
     @classmethod
+    def from_assignment(cls, codebook, codes, keep, *, codebook_dtype=torch.float32, **kwargs):
+        """
+        The export of a hard assignment: ``codebook`` (the component locations, any
+        shape; stored rounded to ``codebook_dtype``), every weight's code (a tensor
+        of the weight's shape) and its ``keep`` mask; the codes of pruned weights
+        are dropped. Everything moves to the CPU.
+
+            >>> ct = CompressedTensor.from_assignment(torch.tensor([0.5, -1.0]), torch.tensor([[0, 1], [1, 0]]),
+            ...                                       torch.tensor([[True, True], [False, True]]), num_components=2)
+            >>> ct.to_dense()
+            tensor([[ 0.5000, -1.0000],
+                    [ 0.0000,  0.5000]])
+        """
+        codebook = codebook.detach().reshape(-1).to(codebook_dtype).float()
+        return cls(tuple(keep.shape), codebook.cpu(), codes[keep].cpu(), keep.cpu(), **kwargs)
+
+    @classmethod
     def from_dense(cls, weight, codebook=None, **kwargs):
         """
         Compress a dense tensor whose nonzeros all lie on ``codebook`` (default:

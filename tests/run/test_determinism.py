@@ -41,6 +41,14 @@ def _log(run):
     return [json.loads(line) for line in open(run / "log.jsonl")]
 
 
+def _continue_as_a_user(reference, run):
+    """The command a user runs after a crash: ``--resume`` when a checkpoint exists, else the run again."""
+    resume = (run / "checkpoint.pt").exists()
+    argv = ["compress", "--out", str(run), "--resume"] if resume else \
+        ["compress", "--config", reference["cfg"], "--out", str(run)]
+    return argv, resume
+
+
 def _assert_same_as(reference, run):
     assert_same_tensors(reference["tensors"], tensors_of(run / "checkpoint.pt"))
     assert _log(run) == reference["log"]  # nothing lost, nothing written twice
@@ -125,9 +133,7 @@ def test_fault_injection_resume_is_bit_for_bit(reference, tmp_path, monkeypatch)
             _inject(m, kind, when)
             assert cli(["compress", "--config", reference["cfg"], "--out", str(run)]) == 1, (kind, when)
         tried += 1
-        resume = (run / "checkpoint.pt").exists()
-        argv = ["compress", "--out", str(run), "--resume"] if resume else \
-            ["compress", "--config", reference["cfg"], "--out", str(run)]
+        argv, _ = _continue_as_a_user(reference, run)
         assert cli(argv) == 0, (kind, when)
         _assert_same_as(reference, run)
         assert not any(name.endswith(".tmp") for name in os.listdir(run))
@@ -157,9 +163,7 @@ def test_kill_minus_nine_at_random_points(reference, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         tried += 1
-        resume = (run / "checkpoint.pt").exists()
-        argv = ["compress", "--out", str(run), "--resume"] if resume else \
-            ["compress", "--config", reference["cfg"], "--out", str(run)]
+        argv, resume = _continue_as_a_user(reference, run)
         assert cli(argv) == 0, (i, resume)
         _assert_same_as(reference, run)
         survived += 1
